@@ -1,0 +1,82 @@
+"""Run artifacts written as they are made, so memory does not grow with the number of images.
+
+Layout (DESIGN.md §5): overlays/<TRUE_CLASS>/<image_id>.png, cams/cams.npz, predictions.csv.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from report.data.folder import safe_id
+
+LAYER_KEY = "_layer"
+IMAGE_SIZE_KEY = "_image_size"
+UNLABELLED = "unlabelled"
+
+
+class ArtifactWriter:
+    """Streams overlays, raw maps and prediction rows into a staging folder."""
+
+    def __init__(self, folder: Path, class_names: tuple[str, ...], layer: str, image_size):
+        self.folder = Path(folder)
+        self.class_names = class_names
+        (self.folder / "cams").mkdir(parents=True, exist_ok=True)
+        # np.savez needs every array at once; writing .npy members into the zip one by one
+        # keeps memory flat and still loads with np.load.
+        self._cams = zipfile.ZipFile(self.folder / "cams" / "cams.npz", "w", zipfile.ZIP_DEFLATED)
+        self._add_array(LAYER_KEY, np.array(layer))
+        self._add_array(IMAGE_SIZE_KEY, np.array(image_size, dtype=np.int32))
+        # Closed in close(): the writer outlives this call by design.
+        self._csv_file = open(  # noqa: SIM115
+            self.folder / "predictions.csv", "w", newline="", encoding="utf-8"
+        )
+        self._csv = csv.writer(self._csv_file)
+        self._csv.writerow(
+            ["image_id", "source", "true_label", "predicted_label"]
+            + [f"prob_{name}" for name in class_names]
+            + ["correct", "flags"]
+        )
+
+    def add_explained(self, image_id, source, label, probabilities, predicted, raw_map, png):
+        true_name = self._name(label)
+        overlay_dir = self.folder / "overlays" / safe_id(true_name)
+        overlay_dir.mkdir(parents=True, exist_ok=True)
+        (overlay_dir / f"{image_id}.png").write_bytes(png)
+        self._add_array(image_id, raw_map.astype(np.float32))
+        correct = "" if label is None else str(label == predicted).lower()
+        flags = "misclassified" if correct == "false" else ""
+        self._csv.writerow(
+            [image_id, source, true_name, self.class_names[predicted]]
+            + [f"{p:.6f}" for p in probabilities]
+            + [correct, flags]
+        )
+
+    def add_skipped(self, image_id, source, label, reason: str) -> None:
+        self._csv.writerow(
+            [image_id, source, self._name(label), ""]
+            + [""] * len(self.class_names)
+            + ["", f"unreadable: {reason}"]
+        )
+
+    def close(self) -> None:
+        self._cams.close()
+        self._csv_file.close()
+
+    def __enter__(self) -> ArtifactWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _name(self, label: int | None) -> str:
+        return UNLABELLED if label is None else self.class_names[label]
+
+    def _add_array(self, key: str, array: np.ndarray) -> None:
+        buffer = io.BytesIO()
+        np.lib.format.write_array(buffer, array, allow_pickle=False)
+        self._cams.writestr(f"{key}.npy", buffer.getvalue())

@@ -1,0 +1,75 @@
+"""Heatmap overlays as the tutorial drew them, without its colour-order bugs.
+
+Everything here is RGB uint8: the map is coloured with a matplotlib colormap, blended over the
+image (kept grey underneath when the image is grey), and labelled with a black bar carrying
+white text such as "COVID-19: 93%".
+"""
+
+from __future__ import annotations
+
+import io
+from functools import cache
+
+import matplotlib
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+COLORMAPS = ("viridis", "jet", "inferno")
+LABEL_BAR_FRACTION = 0.13  # the tutorial's 40 px bar on a 237 px image, a little slimmer
+
+
+@cache
+def colormap_table(name: str) -> np.ndarray:
+    """(256, 3) uint8 lookup table, so colouring a map is one indexing operation."""
+    ramp = matplotlib.colormaps[name](np.linspace(0.0, 1.0, 256))[:, :3]
+    return np.round(ramp * 255).astype(np.uint8)
+
+
+def colorize(heatmap: np.ndarray, colormap: str = "viridis") -> np.ndarray:
+    """(H, W) map in [0, 1] -> (H, W, 3) RGB."""
+    index = np.clip(np.round(heatmap * 255), 0, 255).astype(np.uint8)
+    return colormap_table(colormap)[index]
+
+
+def blend(image: np.ndarray, heatmap: np.ndarray, alpha: float, colormap: str) -> np.ndarray:
+    """alpha * coloured map + (1 - alpha) * image, as cv2.addWeighted did in the tutorial."""
+    colored = colorize(heatmap, colormap).astype(np.float32)
+    mixed = alpha * colored + (1.0 - alpha) * image.astype(np.float32)
+    return np.clip(np.round(mixed), 0, 255).astype(np.uint8)
+
+
+def label_text(class_name: str, probability: float) -> str:
+    return f"{class_name}: {probability:.0%}"
+
+
+def draw_label_bar(image: np.ndarray, text: str) -> np.ndarray:
+    canvas = Image.fromarray(image)
+    bar_height = max(12, round(canvas.height * LABEL_BAR_FRACTION))
+    draw = ImageDraw.Draw(canvas)
+    draw.rectangle((0, 0, canvas.width, bar_height), fill=(0, 0, 0))
+    font = _font(round(bar_height * 0.62))
+    draw.text((round(bar_height * 0.3), bar_height / 2), text, fill=(255, 255, 255), font=font,
+              anchor="lm")
+    return np.asarray(canvas)
+
+
+@cache
+def _font(size: int) -> ImageFont.FreeTypeFont:
+    # Pillow's bundled font: no system font needed, same look on every machine.
+    return ImageFont.load_default(size=size)
+
+
+def make_overlay(
+    image: np.ndarray,
+    heatmap: np.ndarray,
+    label: str,
+    alpha: float = 0.5,
+    colormap: str = "viridis",
+) -> np.ndarray:
+    return draw_label_bar(blend(image, heatmap, alpha, colormap), label)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()

@@ -1,0 +1,110 @@
+"""Argument parsing only: `python -m report <train|explain>` calls the pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from report.errors import UserError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m report",
+        description="Audit a chest X-ray classifier with Grad-CAM and an HTML/PDF report.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_train(commands.add_parser("train", help="train, log and register a demo classifier"))
+    _add_explain(commands.add_parser("explain", help="explain a registered model; write a report"))
+    return parser
+
+
+def _add_train(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", default="synthetic",
+                        help="synthetic[:COUNT] or a folder with one subfolder per class")
+    parser.add_argument("--backbone", default="small-cnn",
+                        choices=["small-cnn", "vgg16", "resnet50v2", "xception", "densenet121"])
+    parser.add_argument("--weights", default="none", choices=["none", "imagenet"],
+                        help="imagenet downloads weights and so needs the network")
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--image-size", type=int, default=237)
+    parser.add_argument("--model-name", default="cxr-classifier")
+    parser.add_argument("--alias", default="champion")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _add_explain(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-uri", default="models:/cxr-classifier@champion",
+                        help="models:/NAME@ALIAS or models:/NAME/VERSION")
+    parser.add_argument("--data", default="synthetic",
+                        help="synthetic[:COUNT] or a folder with one subfolder per class")
+    parser.add_argument("--split", default="test", choices=["test", "train", "all"])
+    parser.add_argument("--method", default="gradcam", choices=["gradcam"])
+    parser.add_argument("--layer", default="auto",
+                        help="target layer name, outer/inner for nested models, or auto")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity, 0..1")
+    parser.add_argument("--colormap", default="viridis", choices=["viridis", "jet", "inferno"])
+    parser.add_argument("--limit", type=int, default=0, help="explain at most N images; 0 = all")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
+    try:
+        if args.command == "train":
+            return _train(args)
+        return _explain(args)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _train(args: argparse.Namespace) -> int:
+    from report.pipeline import TrainSettings, train
+
+    settings = TrainSettings(
+        data=args.data,
+        backbone=args.backbone,
+        weights=None if args.weights == "none" else args.weights,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        image_size=args.image_size,
+        model_name=args.model_name,
+        alias=args.alias,
+        seed=args.seed,
+    )
+    result = train(settings)
+    print(
+        f"Registered {result.model_name} version {result.model_version} as "
+        f"@{result.alias} (test accuracy {result.test_accuracy:.1%}, run {result.run_id})"
+    )
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from report.pipeline import ExplainSettings, explain
+
+    settings = ExplainSettings(
+        model_uri=args.model_uri,
+        data=args.data,
+        split=args.split,
+        method=args.method,
+        layer=args.layer,
+        batch_size=args.batch_size,
+        alpha=args.alpha,
+        colormap=args.colormap,
+        limit=args.limit,
+    )
+    result = explain(settings)
+    print(f"Model:     {result.model}")
+    print(f"Explained: {result.explained} images ({result.skipped} skipped)")
+    print(f"Accuracy:  {result.accuracy:.1%}")
+    print(f"MLflow run: {result.run_id}")
+    print(result.html)
+    print(result.pdf)
+    return 0

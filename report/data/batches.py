@@ -1,0 +1,45 @@
+"""Stream a source's records as fixed-size batches of decoded images."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from report.data.records import ImageSource, LoadedImage, Record, Skipped, UnreadableImage
+
+
+@dataclass(frozen=True)
+class Batch:
+    records: list[Record]
+    images: list[LoadedImage]
+
+    @property
+    def pixels(self) -> np.ndarray:
+        """uint8 (B, H, W, 3) RGB."""
+        return np.stack([image.pixels for image in self.images])
+
+
+def iter_batches(
+    source: ImageSource,
+    records: list[Record],
+    image_size: tuple[int, int],
+    batch_size: int,
+    skipped: list[Skipped],
+) -> Iterator[Batch]:
+    """Unreadable images go to `skipped` with their reason; batches hold only readable ones."""
+    pending_records: list[Record] = []
+    pending_images: list[LoadedImage] = []
+    for record in records:
+        try:
+            pending_images.append(source.load(record, image_size))
+        except UnreadableImage as error:
+            skipped.append(Skipped(record.image_id, record.source, record.label, str(error)))
+            continue
+        pending_records.append(record)
+        if len(pending_records) == batch_size:
+            yield Batch(pending_records, pending_images)
+            pending_records, pending_images = [], []
+    if pending_records:
+        yield Batch(pending_records, pending_images)

@@ -1,0 +1,189 @@
+"""Build and train classifiers, and the metadata contract a registered model carries.
+
+Everything MLflow-specific (logging, registering, loading) lives in tracking.py; this module
+only knows Keras and the shape of the metadata (DESIGN.md §4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import keras
+from keras import layers
+
+from report.errors import UserError
+
+DEFAULT_SCALE = 1 / 255
+COLORS = ("rgb", "grayscale")
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What the report needs to know about a model beyond its weights."""
+
+    class_names: tuple[str, ...]
+    image_size: tuple[int, int]
+    color: str = "rgb"
+    scale: float = DEFAULT_SCALE
+    target_layer: str | None = None
+    # Sentences naming each default assumed because the registered model lacked the field.
+    assumed: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def channels(self) -> int:
+        return 3 if self.color == "rgb" else 1
+
+    def to_mlflow(self) -> dict:
+        """The `metadata` block written into the MLmodel file."""
+        metadata = {
+            "class_names": list(self.class_names),
+            "preprocessing": {
+                "image_size": list(self.image_size),
+                "color": self.color,
+                "scale": self.scale,
+            },
+        }
+        if self.target_layer:
+            metadata["target_layer"] = self.target_layer
+        return metadata
+
+    @classmethod
+    def from_mlflow(cls, metadata: dict | None, model: keras.Model) -> ModelMetadata:
+        """Read the contract, falling back to what the model itself reveals for missing fields."""
+        metadata = metadata or {}
+        preprocessing = metadata.get("preprocessing") or {}
+        height, width, channels = _input_shape(model)
+        n_outputs = _output_units(model)
+        assumed = []
+
+        class_names = metadata.get("class_names")
+        if not class_names:
+            class_names = [f"class_{i}" for i in range(n_outputs)]
+            assumed.append(f"class names {', '.join(class_names)} (no `class_names` in metadata)")
+        elif len(class_names) != n_outputs and n_outputs > 1:
+            raise UserError(
+                f"model metadata lists {len(class_names)} class names but the model has "
+                f"{n_outputs} outputs; fix `class_names` in the logged model's metadata"
+            )
+
+        image_size = preprocessing.get("image_size")
+        if not image_size:
+            image_size = [height, width]
+            assumed.append(f"image size {height}x{width} taken from the model's input shape")
+
+        color = preprocessing.get("color")
+        if color not in COLORS:
+            color = "grayscale" if channels == 1 else "rgb"
+            assumed.append(f"colour '{color}' taken from the model's {channels} input channels")
+
+        scale = preprocessing.get("scale")
+        if scale is None:
+            scale = DEFAULT_SCALE
+            assumed.append("pixel scale 1/255")
+
+        return cls(
+            class_names=tuple(str(name) for name in class_names),
+            image_size=(int(image_size[0]), int(image_size[1])),
+            color=color,
+            scale=float(scale),
+            target_layer=metadata.get("target_layer"),
+            assumed=tuple(assumed),
+        )
+
+
+def _input_shape(model: keras.Model) -> tuple[int, int, int]:
+    shape = tuple(model.inputs[0].shape) if model.inputs else tuple(model.input_shape)
+    if len(shape) != 4 or None in shape[1:]:
+        raise UserError(
+            f"model input shape {shape} is not a fixed (batch, height, width, channels) image "
+            "shape; log the model with a fixed input size"
+        )
+    return int(shape[1]), int(shape[2]), int(shape[3])
+
+
+def _output_units(model: keras.Model) -> int:
+    return int(model.outputs[0].shape[-1]) if model.outputs else int(model.output_shape[-1])
+
+
+# --- building -------------------------------------------------------------------------------
+
+
+def small_cnn(input_shape: tuple[int, int, int], weights: str | None = None) -> keras.Model:
+    """A four-block CNN that trains on two CPU cores in about a minute."""
+    if weights:
+        raise UserError("backbone small-cnn has no pretrained weights; use --weights none")
+    inputs = keras.Input(input_shape)
+    x = layers.Conv2D(16, 5, strides=2, activation="relu", name="block1_conv")(inputs)
+    x = layers.MaxPooling2D(name="block1_pool")(x)
+    x = layers.Conv2D(32, 3, padding="same", activation="relu", name="block2_conv")(x)
+    x = layers.MaxPooling2D(name="block2_pool")(x)
+    x = layers.Conv2D(64, 3, padding="same", activation="relu", name="block3_conv")(x)
+    x = layers.MaxPooling2D(name="block3_pool")(x)
+    x = layers.Conv2D(64, 3, padding="same", activation="relu", name="block4_conv")(x)
+    return keras.Model(inputs, x, name="small_cnn")
+
+
+def _application(factory: Callable) -> Callable:
+    def build(input_shape: tuple[int, int, int], weights: str | None = None) -> keras.Model:
+        return factory(include_top=False, weights=weights, input_shape=input_shape)
+
+    return build
+
+
+BACKBONES: dict[str, Callable] = {
+    "small-cnn": small_cnn,
+    "vgg16": _application(keras.applications.VGG16),
+    "resnet50v2": _application(keras.applications.ResNet50V2),
+    "xception": _application(keras.applications.Xception),
+    "densenet121": _application(keras.applications.DenseNet121),
+}
+
+
+def build_classifier(
+    backbone: str,
+    n_classes: int,
+    image_size: tuple[int, int],
+    channels: int = 3,
+    weights: str | None = None,
+) -> keras.Model:
+    """The tutorial's architecture: a backbone nested under its small dense head."""
+    if backbone not in BACKBONES:
+        raise UserError(f"unknown backbone '{backbone}'; choose one of {', '.join(BACKBONES)}")
+    input_shape = (*image_size, channels)
+    base = _build_backbone(backbone, input_shape, weights)
+    return keras.Sequential(
+        [
+            keras.Input(input_shape, name="image"),
+            base,
+            layers.AveragePooling2D(2, name="head_pool"),
+            layers.Flatten(name="head_flatten"),
+            layers.Dense(20, activation="relu", name="head_dense"),
+            layers.Dropout(0.2, name="head_dropout"),
+            layers.Dense(n_classes, activation="softmax", name="predictions"),
+        ],
+        name=f"cxr_{backbone.replace('-', '_')}",
+    )
+
+
+def _build_backbone(backbone: str, input_shape: tuple, weights: str | None) -> keras.Model:
+    try:
+        return BACKBONES[backbone](input_shape, weights)
+    except UserError:
+        raise
+    except Exception as error:  # keras raises plain Exception for a failed download
+        if weights != "imagenet":
+            raise
+        raise UserError(
+            f"could not fetch ImageNet weights for {backbone} ({type(error).__name__}); this needs "
+            "the network: train with --weights none, or place the weights file in ~/.keras/models"
+        ) from error
+
+
+def compile_classifier(model: keras.Model, learning_rate: float) -> keras.Model:
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model

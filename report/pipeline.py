@@ -1,0 +1,384 @@
+"""One function per entry point: wires the stages together and streams the batches."""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from report import render, tracking
+from report.artifacts import ArtifactWriter
+from report.cam.engine import make_engine
+from report.cam.overlay import COLORMAPS, encode_png, label_text, make_overlay
+from report.data import open_source
+from report.data.batches import iter_batches
+from report.data.records import Skipped
+from report.data.synthetic import CLASS_NAMES, IMAGE_SIZE
+from report.errors import UserError
+from report.model import ModelMetadata, build_classifier, compile_classifier
+from report.paths import REPORTS_DIR
+from report.quality import classification_quality
+
+GRID_IMAGES_PER_CLASS = 12
+
+
+# --- train ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    data: str = "synthetic"
+    backbone: str = "small-cnn"
+    weights: str | None = None
+    epochs: int = 6
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    image_size: int = IMAGE_SIZE
+    model_name: str = "cxr-classifier"
+    alias: str = "champion"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_id: str
+    model_name: str
+    model_version: str
+    alias: str
+    test_accuracy: float
+
+
+def train(settings: TrainSettings) -> TrainResult:
+    import keras  # deferred: TensorFlow takes seconds to import, `--help` should not wait
+
+    from report.model import BACKBONES
+
+    if settings.backbone not in BACKBONES:
+        raise UserError(
+            f"unknown backbone '{settings.backbone}'; choose one of {', '.join(BACKBONES)}"
+        )
+    tracking.configure_store()
+    metadata = ModelMetadata(
+        class_names=_training_classes(settings.data),
+        image_size=(settings.image_size, settings.image_size),
+    )
+    x_train, y_train = _load_split(settings.data, metadata, "train")
+    x_test, y_test = _load_split(settings.data, metadata, "test")
+    keras.utils.set_random_seed(settings.seed)
+    model = build_classifier(
+        settings.backbone, len(metadata.class_names), metadata.image_size, weights=settings.weights
+    )
+    compile_classifier(model, settings.learning_rate)
+    with tracking.start_run(run_name=f"train-{settings.backbone}") as run:
+        tracking.log_new_params(_train_params(settings, metadata, len(y_train)))
+        model.fit(
+            preprocess(x_train, metadata),
+            y_train,
+            epochs=settings.epochs,
+            batch_size=settings.batch_size,
+            callbacks=[tracking.training_callback()],
+            verbose="auto",
+        )
+        _, test_accuracy = model.evaluate(preprocess(x_test, metadata), y_test, verbose=0)
+        tracking.log_metrics({"test_accuracy": test_accuracy, "test_images": len(y_test)})
+        version = tracking.log_and_register(model, metadata, settings.model_name, settings.alias)
+    return TrainResult(
+        run.info.run_id, settings.model_name, version, settings.alias, float(test_accuracy)
+    )
+
+
+def _training_classes(data: str) -> tuple[str, ...]:
+    if data == "synthetic" or data.startswith("synthetic:"):
+        return CLASS_NAMES
+    root = Path(data).expanduser()
+    base = root / "train" if (root / "train").is_dir() else root
+    if not base.is_dir():
+        raise UserError(f"data folder '{data}' does not exist; pass --data synthetic or a folder")
+    names = tuple(sorted(p.name for p in base.iterdir() if p.is_dir() and p.name != "test"))
+    if len(names) < 2:
+        raise UserError(f"data folder '{base}' needs one subfolder per class (at least two)")
+    return names
+
+
+def _load_split(data: str, metadata: ModelMetadata, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Training reads its split into memory as uint8 (480 demo images are about 80 MB)."""
+    source = open_source(data, metadata.class_names, split)
+    skipped: list[Skipped] = []
+    pixels, labels = [], []
+    batches = iter_batches(source, source.records, metadata.image_size, 64, skipped)
+    for batch in tqdm(batches, desc=f"Loading {split} images", unit="batch"):
+        pixels.append(batch.pixels)
+        labels.extend(record.label for record in batch.records)
+    for item in skipped:
+        print(f"skipped {item.source}: {item.reason}")
+    if not labels:
+        raise UserError(f"no readable {split} images in '{data}'")
+    return np.concatenate(pixels), np.asarray(labels)
+
+
+def _train_params(settings: TrainSettings, metadata: ModelMetadata, n_train: int) -> dict:
+    params = {k: v for k, v in vars(settings).items() if k != "weights"}
+    params["weights"] = settings.weights or "none"
+    params["class_names"] = ",".join(metadata.class_names)
+    params["train_images"] = n_train
+    return params
+
+
+# --- explain (the report) -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExplainSettings:
+    model_uri: str = "models:/cxr-classifier@champion"
+    data: str = "synthetic"
+    split: str = "test"
+    method: str = "gradcam"
+    layer: str = "auto"
+    batch_size: int = 32
+    alpha: float = 0.5
+    colormap: str = "viridis"
+    limit: int = 0
+
+
+@dataclass(frozen=True)
+class ExplainResult:
+    run_id: str
+    model: str
+    explained: int
+    skipped: int
+    accuracy: float
+    html: Path
+    pdf: Path
+
+
+@dataclass
+class _Collected:
+    """What the report keeps while streaming: labels and probabilities, bounded image grids."""
+
+    y_true: list[int] = field(default_factory=list)
+    y_pred: list[int] = field(default_factory=list)
+    wrong: dict[int, list[render.GridItem]] = field(default_factory=dict)
+    right: dict[int, list[render.GridItem]] = field(default_factory=dict)
+    totals: dict[int, int] = field(default_factory=dict)
+    misclassified: dict[int, int] = field(default_factory=dict)
+
+    def add(self, label: int | None, predicted: int, item: render.GridItem) -> None:
+        if label is None:
+            return
+        self.y_true.append(label)
+        self.y_pred.append(predicted)
+        self.totals[label] = self.totals.get(label, 0) + 1
+        bucket = self.right if item.correct else self.wrong
+        if not item.correct:
+            self.misclassified[label] = self.misclassified.get(label, 0) + 1
+        kept = bucket.setdefault(label, [])
+        if len(kept) < GRID_IMAGES_PER_CLASS:
+            kept.append(item)
+
+    def grids(self, class_names: tuple[str, ...]) -> list[render.ClassGrid]:
+        grids = []
+        for label, name in enumerate(class_names):
+            wrong = sorted(self.wrong.get(label, []), key=lambda item: -item.confidence)
+            items = (wrong + self.right.get(label, []))[:GRID_IMAGES_PER_CLASS]
+            total = self.totals.get(label, 0)
+            grids.append(render.ClassGrid(name, items, total, self.misclassified.get(label, 0)))
+        return grids
+
+
+def explain(settings: ExplainSettings) -> ExplainResult:
+    _check_explain_settings(settings)
+    tracking.configure_store()
+    registered = tracking.load_registered_model(settings.model_uri)
+    metadata = registered.metadata
+    source = open_source(settings.data, metadata.class_names, settings.split)
+    records = source.records[: settings.limit] if settings.limit else source.records
+    if not records:
+        raise UserError(f"no images to explain in '{settings.data}' ({settings.split} split)")
+    layer = settings.layer if settings.layer != "auto" else (metadata.target_layer or "auto")
+    engine = make_engine(settings.method, registered.model, layer)
+
+    with tracking.start_run(run_name=f"report-{registered.name}-v{registered.version}") as run:
+        run_id = run.info.run_id
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="cxr-report-") as staging:
+            staging = Path(staging)
+            collected, skipped, fingerprint = _explain_all(
+                settings, registered, source, records, engine, staging
+            )
+            quality = classification_quality(
+                np.asarray(collected.y_true), np.asarray(collected.y_pred), metadata.class_names
+            )
+            params = _report_params(settings, registered, engine, source, fingerprint)
+            tracking.log_new_params(params)
+            context = render.ReportContext(
+                model_name=registered.name,
+                model_version=registered.version,
+                model_alias=registered.alias,
+                model_source=registered.source,
+                data_source=source.description,
+                data_fingerprint=fingerprint,
+                run_id=run_id,
+                created=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+                settings=_shown_settings(settings, engine),
+                assumptions=list(metadata.assumed) + list(getattr(source, "notes", [])),
+                class_names=list(metadata.class_names),
+                n_images=len(collected.y_pred),
+                accuracy=quality.accuracy,
+                per_class=quality.per_class,
+                confusion=quality.confusion,
+                grids=collected.grids(metadata.class_names),
+                skipped=[(item.source, item.reason) for item in skipped],
+                elapsed_seconds=time.perf_counter() - started,
+            )
+            html, pdf = render.write_report(context, REPORTS_DIR / run_id)
+            tracking.log_metrics(
+                {**quality.metrics(), "images_explained": context.n_images,
+                 "images_skipped": len(skipped)}
+            )
+            tracking.log_artifacts(staging)
+            tracking.log_artifact(html, "report")
+            tracking.log_artifact(pdf, "report")
+            tracking.set_note(_run_note(context))
+    return ExplainResult(
+        run_id=run_id,
+        model=f"{registered.name} v{registered.version}"
+        + (f" (@{registered.alias})" if registered.alias else ""),
+        explained=context.n_images,
+        skipped=len(skipped),
+        accuracy=quality.accuracy,
+        html=html,
+        pdf=pdf,
+    )
+
+
+def _explain_all(settings, registered, source, records, engine, staging: Path):
+    metadata = registered.metadata
+    class_names = metadata.class_names
+    collected, skipped = _Collected(), []
+    fingerprint = hashlib.sha256()
+    target = engine.target
+    batches = iter_batches(source, records, metadata.image_size, settings.batch_size, skipped)
+    with (
+        ArtifactWriter(staging, class_names, target.name, metadata.image_size) as writer,
+        tqdm(total=len(records), desc="Explaining", unit="img", dynamic_ncols=True) as progress,
+    ):
+        seen_skips = 0
+        for batch in batches:
+            explanation = engine.explain(preprocess(batch.pixels, metadata))
+            for i, (record, image) in enumerate(zip(batch.records, batch.images, strict=True)):
+                predicted = int(np.argmax(explanation.probabilities[i]))
+                confidence = float(explanation.probabilities[i][predicted])
+                png = encode_png(
+                    make_overlay(
+                        image.pixels,
+                        explanation.maps[i],
+                        label_text(class_names[predicted], confidence),
+                        settings.alpha,
+                        settings.colormap,
+                    )
+                )
+                writer.add_explained(
+                    record.image_id, record.source, record.label,
+                    explanation.probabilities[i], predicted, explanation.raw_maps[i], png,
+                )
+                fingerprint.update(f"{record.image_id}|{record.label}|{image.digest}\n".encode())
+                collected.add(record.label, predicted, _grid_item(record, predicted, confidence,
+                                                                  class_names, png))
+            for item in skipped[seen_skips:]:
+                writer.add_skipped(item.image_id, item.source, item.label, item.reason)
+            progress.update(len(batch.records) + len(skipped) - seen_skips)
+            seen_skips = len(skipped)
+        for item in skipped[seen_skips:]:
+            writer.add_skipped(item.image_id, item.source, item.label, item.reason)
+        progress.update(len(skipped) - seen_skips)
+    return collected, skipped, fingerprint.hexdigest()
+
+
+def _grid_item(record, predicted, confidence, class_names, png) -> render.GridItem:
+    true_name = "unlabelled" if record.label is None else class_names[record.label]
+    return render.GridItem(
+        image_id=record.image_id,
+        true_label=true_name,
+        predicted_label=class_names[predicted],
+        confidence=confidence,
+        correct=record.label == predicted,
+        png=png,
+    )
+
+
+def preprocess(pixels: np.ndarray, metadata: ModelMetadata) -> np.ndarray:
+    """uint8 RGB (B, H, W, 3) -> float32 model input, per the model's metadata."""
+    images = pixels.astype(np.float32)
+    if metadata.color == "grayscale":
+        luminance = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        images = (images @ luminance)[..., None]
+    return images * np.float32(metadata.scale)
+
+
+def _check_explain_settings(settings: ExplainSettings) -> None:
+    if settings.colormap not in COLORMAPS:
+        raise UserError(
+            f"unknown colormap '{settings.colormap}'; choose one of {', '.join(COLORMAPS)}"
+        )
+    if not 0.0 <= settings.alpha <= 1.0:
+        raise UserError(f"alpha {settings.alpha} is outside 0..1; 0.5 is the tutorial's")
+    if settings.batch_size < 1:
+        raise UserError(f"batch size {settings.batch_size} must be at least 1")
+    if settings.limit < 0:
+        raise UserError(f"limit {settings.limit} must be 0 (all images) or more")
+
+
+def _report_params(settings, registered, engine, source, fingerprint: str) -> dict:
+    height, width = engine.target.map_size
+    return {
+        **vars(settings),
+        "model_name": registered.name,
+        "model_version": registered.version,
+        "model_source": registered.source,
+        "target_layer": engine.target.name,
+        "target_map_size": f"{height}x{width}",
+        "data_source": source.description,
+        "data_fingerprint": fingerprint,
+    }
+
+
+def _shown_settings(settings: ExplainSettings, engine) -> dict[str, str]:
+    height, width = engine.target.map_size
+    return {
+        "Method": "Grad-CAM (Selvaraju et al. 2017)",
+        "Target layer": engine.target.name + (" (automatic)" if settings.layer == "auto" else ""),
+        "Feature map": f"{height} x {width}",
+        "Class score": "pre-softmax logit of the predicted class",
+        "Normalisation": "per image, min-max",
+        "Colormap": settings.colormap,
+        "Alpha": f"{settings.alpha:g}",
+        "Batch size": str(settings.batch_size),
+        "Split": settings.split,
+        "Limit": "all images" if not settings.limit else str(settings.limit),
+    }
+
+
+def _run_note(context: render.ReportContext) -> str:
+    rows = "\n".join(
+        f"| {row['class']} | {row['precision']:.2f} | {row['recall']:.2f} | {row['f1']:.2f} "
+        f"| {row['support']} |"
+        for row in context.per_class
+    )
+    alias = f" (@{context.model_alias})" if context.model_alias else ""
+    return (
+        f"**{render.DISCLAIMER}**\n\n"
+        f"Grad-CAM report for **{context.model_name} v{context.model_version}{alias}** on "
+        f"{context.data_source}.\n\n"
+        f"- Images explained: {context.n_images}; skipped: {len(context.skipped)}\n"
+        f"- Accuracy: {context.accuracy:.1%}\n"
+        f"- Target layer: `{context.settings['Target layer']}`\n\n"
+        "| class | precision | recall | F1 | support |\n|---|---|---|---|---|\n"
+        f"{rows}\n\n"
+        "Full report: artifacts `report/report.html` and `report/report.pdf`."
+    )

@@ -1,0 +1,152 @@
+"""Render the audit report: one Jinja2 template gives the HTML page and, via WeasyPrint, the PDF.
+
+The HTML is shown by the MLflow UI inside an iframe sandboxed without same-origin, so it must be
+fully self-contained: CSS inlined, images as ``data:`` URIs, no scripts, nothing fetched.
+Everything that comes from users (class names, image ids, file paths) is escaped by Jinja2's
+autoescaping; nothing in the template is marked ``|safe``.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import jinja2
+import numpy as np
+
+from report.figures import confusion_matrix_svg
+
+TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+TEMPLATE_NAME = "report.html.j2"
+
+DISCLAIMER = "Not for clinical use. These results are exploratory and have no diagnostic value."
+DISCLAIMER_PT = "Os resultados não apresentam caráter clínico, mas sim exploratório."
+
+# Enough hex digits to tell data sets apart at a glance; the full digest is in the HTML title.
+FINGERPRINT_SHOWN_CHARS = 12
+MISSING = "—"
+
+
+@dataclass(frozen=True)
+class GridItem:
+    image_id: str
+    true_label: str
+    predicted_label: str
+    confidence: float  # probability of the predicted class, 0..1
+    correct: bool
+    png: bytes  # the overlay image, PNG-encoded, label bar already drawn on it
+
+
+@dataclass(frozen=True)
+class ClassGrid:
+    class_name: str  # the true class
+    items: list[GridItem]  # already ordered by the caller: misclassified first
+    total: int  # how many images of this true class were explained (items may be fewer)
+    misclassified: int  # how many of those were misclassified
+
+
+@dataclass(frozen=True)
+class ReportContext:
+    model_name: str
+    model_version: str
+    model_alias: str | None
+    model_source: str
+    data_source: str
+    data_fingerprint: str
+    run_id: str
+    created: str
+    settings: dict[str, str]
+    assumptions: list[str]
+    class_names: list[str]
+    n_images: int
+    accuracy: float
+    per_class: list[dict]  # {"class", "precision", "recall", "f1", "support"}
+    confusion: np.ndarray  # (C, C) int, rows = true class, columns = predicted class
+    grids: list[ClassGrid]
+    skipped: list[tuple[str, str]]  # (file path or id, reason)
+    elapsed_seconds: float | None = None
+
+
+def render_html(context: ReportContext) -> str:
+    """Render the self-contained HTML report (also the input of the PDF)."""
+    template = _environment().get_template(TEMPLATE_NAME)
+    return template.render(
+        report=context,
+        disclaimer=DISCLAIMER,
+        disclaimer_pt=DISCLAIMER_PT,
+        fingerprint_short=context.data_fingerprint[:FINGERPRINT_SHOWN_CHARS],
+        confusion_svg_uri=_data_uri(
+            "image/svg+xml", confusion_matrix_svg(context.confusion, context.class_names).encode()
+        ),
+    )
+
+
+def write_pdf(html: str, path: Path) -> Path:
+    """Render ``html`` to a PDF at ``path`` with WeasyPrint."""
+    # Imported here: WeasyPrint loads Pango/Cairo-era native libraries, which the HTML-only
+    # path (and its tests) should not pay for or depend on.
+    from weasyprint import HTML
+    from weasyprint.urls import URLFetcher
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Only data: URIs may be resolved: the report must not read local files or the network,
+    # whatever ends up in the HTML.
+    fetcher = URLFetcher(allowed_protocols={"data"})
+    HTML(string=html, url_fetcher=fetcher).write_pdf(path)
+    return path
+
+
+def write_report(context: ReportContext, out_dir: Path) -> tuple[Path, Path]:
+    """Write ``out_dir/report.html`` and ``out_dir/report.pdf`` and return both paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    html = render_html(context)
+    html_path = out_dir / "report.html"
+    html_path.write_text(html, encoding="utf-8")
+    pdf_path = write_pdf(html, out_dir / "report.pdf")
+    return html_path, pdf_path
+
+
+@lru_cache(maxsize=1)
+def _environment() -> jinja2.Environment:
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+        # "j2" must be listed: select_autoescape matches the end of the name, "report.html.j2".
+        autoescape=jinja2.select_autoescape(["html", "htm", "xml", "j2"]),
+        undefined=jinja2.StrictUndefined,  # a typo in the template fails loudly, not blank
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    environment.filters.update(
+        png_data_uri=lambda png: _data_uri("image/png", png),
+        percent=_format_percent,
+        decimal=_format_decimal,
+        count_noun=_count_noun,
+    )
+    return environment
+
+
+def _data_uri(media_type: str, payload: bytes) -> str:
+    return f"data:{media_type};base64,{base64.b64encode(payload).decode('ascii')}"
+
+
+def _is_missing(value: float | None) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _format_percent(value: float | None, digits: int = 1) -> str:
+    return MISSING if _is_missing(value) else f"{value:.{digits}%}"
+
+
+def _format_decimal(value: float | None, digits: int = 3) -> str:
+    # Precision is undefined (NaN) for a class that is never predicted.
+    return MISSING if _is_missing(value) else f"{value:.{digits}f}"
+
+
+def _count_noun(count: int, singular: str, plural: str | None = None) -> str:
+    noun = singular if count == 1 else (plural or singular + "s")
+    return f"{count} {noun}"

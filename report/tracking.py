@@ -1,0 +1,219 @@
+"""Every MLflow call the project makes: the store, runs, params, the registry and artifacts."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model, ModelSignature
+from mlflow.tracking import MlflowClient
+from mlflow.types import Schema, TensorSpec
+
+from report.errors import UserError
+from report.model import ModelMetadata
+from report.paths import DEFAULT_ARTIFACT_ROOT, DEFAULT_TRACKING_URI
+
+EXPERIMENT_NAME = "cxr-gradcam-report"
+NOTE_TAG = "mlflow.note.content"
+# The packages a loaded model needs, pinned to what logged it.
+MODEL_REQUIREMENTS = ("mlflow", "tensorflow", "keras", "numpy")
+
+
+def configure_store() -> str:
+    """MLFLOW_TRACKING_URI wins; otherwise the project's own absolute sqlite store."""
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        mlflow.set_tracking_uri(DEFAULT_TRACKING_URI)
+    return mlflow.get_tracking_uri()
+
+
+def inside_mlflow_run() -> bool:
+    return bool(os.environ.get("MLFLOW_RUN_ID"))
+
+
+@contextlib.contextmanager
+def start_run(run_name: str):
+    """Resume the run `mlflow run` created, or start one in the project's experiment.
+
+    Inside `mlflow run` the tracking URI and experiment are the parent's and are left alone.
+    """
+    if inside_mlflow_run():
+        with mlflow.start_run() as run:
+            yield run
+        return
+    experiment_id = _experiment_id()
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+        yield run
+
+
+def _experiment_id() -> str:
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT_NAME)
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    # Pin artifacts under the project root, whatever folder the command runs from.
+    location = None
+    if mlflow.get_tracking_uri() == DEFAULT_TRACKING_URI:
+        location = (DEFAULT_ARTIFACT_ROOT).as_uri()
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+def log_new_params(params: dict) -> None:
+    """Log params the run does not have yet: `mlflow run` already logged its own, and MLflow
+    refuses to change a param's value (e.g. `.5` logged by the CLI versus our `0.5`)."""
+    run = mlflow.active_run()
+    existing = MlflowClient().get_run(run.info.run_id).data.params
+    new = {k: str(v)[:6000] for k, v in params.items() if k not in existing}
+    if new:
+        mlflow.log_params(new)
+
+
+def log_metrics(metrics: dict[str, float]) -> None:
+    mlflow.log_metrics({metric_key(k): float(v) for k, v in metrics.items()})
+
+
+def metric_key(name: str) -> str:
+    """MLflow keys allow letters, digits, _ - . / and space; anything else becomes _."""
+    return "".join(c if c.isalnum() or c in "_-. /" else "_" for c in name)
+
+
+def training_callback():
+    """Keras callback that logs loss and accuracy per epoch to the active run."""
+    return mlflow.keras.MlflowCallback(log_every_epoch=True)
+
+
+def log_artifacts(folder: Path, artifact_path: str | None = None) -> None:
+    mlflow.log_artifacts(str(folder), artifact_path)
+
+
+def log_artifact(path: Path, artifact_path: str | None = None) -> None:
+    mlflow.log_artifact(str(path), artifact_path)
+
+
+def set_note(markdown: str) -> None:
+    mlflow.set_tag(NOTE_TAG, markdown)
+
+
+# --- the registry ---------------------------------------------------------------------------
+
+
+def log_and_register(
+    model: keras.Model, metadata: ModelMetadata, model_name: str, alias: str
+) -> str:
+    """Log per the registry contract (DESIGN.md §4), register, and point `alias` at it."""
+    info = mlflow.keras.log_model(
+        model,
+        name="model",
+        save_exported_model=False,
+        signature=_signature(model),
+        pip_requirements=[f"{package}=={version(package)}" for package in MODEL_REQUIREMENTS],
+        metadata=metadata.to_mlflow(),
+        registered_model_name=model_name,
+    )
+    model_version = str(info.registered_model_version)
+    MlflowClient().set_registered_model_alias(model_name, alias, model_version)
+    return model_version
+
+
+def _signature(model: keras.Model) -> ModelSignature:
+    height, width, channels = (int(d) for d in model.inputs[0].shape[1:])
+    n_outputs = int(model.outputs[0].shape[-1])
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, height, width, channels))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_outputs))]),
+    )
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    model: keras.Model
+    metadata: ModelMetadata
+    uri: str
+    name: str
+    version: str
+    alias: str | None
+    source: str
+
+
+def load_registered_model(model_uri: str) -> RegisteredModel:
+    name, reference, alias = _resolve_version(model_uri)
+    try:
+        # Download once; read the weights and the MLmodel metadata from the same copy.
+        local = mlflow.artifacts.download_artifacts(model_uri)
+        model = mlflow.keras.load_model(local)
+        info = Model.load(local)
+    except MlflowException as error:
+        raise UserError(f"could not load model '{model_uri}': {_first_line(error)}") from error
+    if not isinstance(model, keras.Model):
+        raise UserError(f"'{model_uri}' is not a Keras model; log it with mlflow.keras")
+    return RegisteredModel(
+        model=model,
+        metadata=ModelMetadata.from_mlflow(info.metadata, model),
+        uri=model_uri,
+        name=name,
+        version=reference.version,
+        alias=alias,
+        source=reference.source,
+    )
+
+
+def _resolve_version(model_uri: str):
+    """`models:/NAME@ALIAS` or `models:/NAME/VERSION` -> (name, ModelVersion, alias)."""
+    if not model_uri.startswith("models:/"):
+        raise UserError(
+            f"model URI '{model_uri}' is not a registry URI; use models:/NAME@ALIAS or "
+            "models:/NAME/VERSION"
+        )
+    path = model_uri.removeprefix("models:/").strip("/")
+    client = MlflowClient()
+    name, alias, number = _split_model_path(path, model_uri)
+    _require_registered(client, name)
+    try:
+        if alias:
+            return name, client.get_model_version_by_alias(name, alias), alias
+        return name, client.get_model_version(name, number), None
+    except MlflowException as error:
+        known = _aliases(client, name)
+        what = f"alias '{alias}'" if alias else f"version {number}"
+        raise UserError(
+            f"registered model '{name}' has no {what} (aliases: {known or 'none'}); pick an "
+            f"existing one or set it with `mlflow` / the MLflow UI"
+        ) from error
+
+
+def _split_model_path(path: str, model_uri: str) -> tuple[str, str | None, str | None]:
+    if "@" in path:
+        name, alias = path.split("@", 1)
+        return name, alias, None
+    name, _, number = path.rpartition("/")
+    if not name or not number.isdigit():
+        raise UserError(
+            f"model URI '{model_uri}' names no version or alias; use models:/NAME@ALIAS or "
+            "models:/NAME/VERSION"
+        )
+    return name, None, number
+
+
+def _require_registered(client: MlflowClient, name: str) -> None:
+    try:
+        client.get_registered_model(name)
+    except MlflowException as error:
+        raise UserError(
+            f"no registered model '{name}' in {mlflow.get_tracking_uri()}; train and register "
+            "one with `make demo` or `python -m report train`, or set MLFLOW_TRACKING_URI to the "
+            "store that has it"
+        ) from error
+
+
+def _aliases(client: MlflowClient, name: str) -> str:
+    return ", ".join(sorted(client.get_registered_model(name).aliases))
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
