@@ -110,17 +110,24 @@ def _output_units(model: keras.Model) -> int:
 
 
 def small_cnn(input_shape: tuple[int, int, int], weights: str | None = None) -> keras.Model:
-    """A four-block CNN that trains on two CPU cores in about a minute."""
+    """Four conv blocks that train on two CPU cores in under a minute. Batch normalisation
+    gets it off the loss plateau the tutorial's small dense head otherwise sits on."""
     if weights:
         raise UserError("backbone small-cnn has no pretrained weights; use --weights none")
     inputs = keras.Input(input_shape)
-    x = layers.Conv2D(16, 5, strides=2, activation="relu", name="block1_conv")(inputs)
-    x = layers.MaxPooling2D(name="block1_pool")(x)
-    x = layers.Conv2D(32, 3, padding="same", activation="relu", name="block2_conv")(x)
-    x = layers.MaxPooling2D(name="block2_pool")(x)
-    x = layers.Conv2D(64, 3, padding="same", activation="relu", name="block3_conv")(x)
-    x = layers.MaxPooling2D(name="block3_pool")(x)
-    x = layers.Conv2D(64, 3, padding="same", activation="relu", name="block4_conv")(x)
+    # Inputs arrive as pixels * 1/255 (the metadata contract); centring them on zero is what
+    # lets this net learn in seconds instead of sitting at chance.
+    x = layers.Rescaling(scale=4.0, offset=-2.0, name="standardise")(inputs)
+    for block, (filters, kernel, strides) in enumerate(
+        [(16, 5, 2), (32, 3, 1), (64, 3, 1), (64, 3, 1)], start=1
+    ):
+        x = layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False,
+                          name=f"block{block}_conv")(x)
+        # A short training run: a faster-moving average keeps inference statistics current.
+        x = layers.BatchNormalization(momentum=0.9, name=f"block{block}_bn")(x)
+        x = layers.Activation("relu", name=f"block{block}_relu")(x)
+        if block < 4:
+            x = layers.MaxPooling2D(name=f"block{block}_pool")(x)
     return keras.Model(inputs, x, name="small_cnn")
 
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 import io
 from functools import cache
 
+import cv2
 import matplotlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 COLORMAPS = ("viridis", "jet", "inferno")
 LABEL_BAR_FRACTION = 0.13  # the tutorial's 40 px bar on a 237 px image, a little slimmer
+MIN_OVERLAY_SIZE = 237
 
 
 @cache
@@ -47,10 +49,18 @@ def draw_label_bar(image: np.ndarray, text: str) -> np.ndarray:
     bar_height = max(12, round(canvas.height * LABEL_BAR_FRACTION))
     draw = ImageDraw.Draw(canvas)
     draw.rectangle((0, 0, canvas.width, bar_height), fill=(0, 0, 0))
-    font = _font(round(bar_height * 0.62))
-    draw.text((round(bar_height * 0.3), bar_height / 2), text, fill=(255, 255, 255), font=font,
-              anchor="lm")
+    margin = round(bar_height * 0.3)
+    font = _fitting_font(draw, text, round(bar_height * 0.62), canvas.width - 2 * margin)
+    draw.text((margin, bar_height / 2), text, fill=(255, 255, 255), font=font, anchor="lm")
     return np.asarray(canvas)
+
+
+def _fitting_font(draw: ImageDraw.ImageDraw, text: str, size: int, width: int):
+    """The largest font up to `size` in which `text` fits `width`: long class names shrink
+    rather than run off the image."""
+    while size > 6 and draw.textlength(text, font=_font(size)) > width:
+        size -= 1
+    return _font(size)
 
 
 @cache
@@ -66,7 +76,20 @@ def make_overlay(
     alpha: float = 0.5,
     colormap: str = "viridis",
 ) -> np.ndarray:
+    image, heatmap = _at_least(MIN_OVERLAY_SIZE, image, heatmap)
     return draw_label_bar(blend(image, heatmap, alpha, colormap), label)
+
+
+def _at_least(size: int, image: np.ndarray, heatmap: np.ndarray):
+    """Small model inputs (64 px, say) are enlarged so the label and the map stay legible."""
+    factor = size / min(image.shape[:2])
+    if factor <= 1:
+        return image, heatmap
+    new_size = (round(image.shape[1] * factor), round(image.shape[0] * factor))
+    return (
+        cv2.resize(image, new_size, interpolation=cv2.INTER_NEAREST),
+        cv2.resize(heatmap, new_size, interpolation=cv2.INTER_LINEAR),
+    )
 
 
 def encode_png(image: np.ndarray) -> bytes:
