@@ -27,7 +27,7 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
                         choices=["small-cnn", "vgg16", "resnet50v2", "xception", "densenet121"])
     parser.add_argument("--weights", default="none", choices=["none", "imagenet"],
                         help="imagenet downloads weights and so needs the network")
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--image-size", type=int, default=237)

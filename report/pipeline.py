@@ -36,7 +36,7 @@ class TrainSettings:
     data: str = "synthetic"
     backbone: str = "small-cnn"
     weights: str | None = None
-    epochs: int = 6
+    epochs: int = 10
     batch_size: int = 32
     learning_rate: float = 1e-3
     image_size: int = IMAGE_SIZE

@@ -91,7 +91,7 @@ def test_report_run_params_metrics_and_note(mlflow_project_runs):
     run = mlflow_project_runs["runs"][-1]
     params, metrics = run.data.params, run.data.metrics
     assert params["model_name"] == "e2e-cxr" and params["model_version"] == "1"
-    assert params["target_layer"] == "small_cnn/block4_conv"
+    assert params["target_layer"] == "small_cnn/block4_relu"
     assert params["alpha"] == ".5"  # as `mlflow run` logged it, not overwritten
     assert re.fullmatch(r"[0-9a-f]{64}", params["data_fingerprint"])
     assert metrics["images_explained"] == 9
@@ -109,7 +109,7 @@ def test_predictions_and_cams_cover_every_image(mlflow_project_runs):
     probabilities = np.array([[float(r[f"prob_{c}"]) for c in CLASSES] for r in rows])
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
     cams = np.load(local / "cams" / "cams.npz")
-    assert str(cams["_layer"]) == "small_cnn/block4_conv"
+    assert str(cams["_layer"]) == "small_cnn/block4_relu"
     for row in rows:
         assert cams[row["image_id"]].dtype == np.float32
         assert (local / "overlays" / row["true_label"] / f"{row['image_id']}.png").is_file()
