@@ -42,11 +42,13 @@ class ArtifactWriter:
             + ["correct", "flags"]
         )
 
-    def add_explained(self, image_id, source, label, probabilities, predicted, raw_map, png):
-        true_name = self._name(label)
-        overlay_dir = self.folder / "overlays" / safe_id(true_name)
+    def add_overlay(self, image_id: str, label: int | None, png: bytes) -> None:
+        overlay_dir = self.folder / "overlays" / safe_id(self._name(label))
         overlay_dir.mkdir(parents=True, exist_ok=True)
         (overlay_dir / f"{image_id}.png").write_bytes(png)
+
+    def add_prediction(self, image_id, source, label, probabilities, predicted, raw_map):
+        true_name = self._name(label)
         self._add_array(image_id, raw_map.astype(np.float32))
         correct = "" if label is None else str(label == predicted).lower()
         flags = "misclassified" if correct == "false" else ""

@@ -42,9 +42,14 @@ def _add_explain(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default="synthetic",
                         help="synthetic[:COUNT] or a folder with one subfolder per class")
     parser.add_argument("--split", default="test", choices=["test", "train", "all"])
-    parser.add_argument("--method", default="gradcam", choices=["gradcam"])
+    parser.add_argument("--method", default="gradcam",
+                        choices=["gradcam", "gradcam++", "layercam", "scorecam"])
     parser.add_argument("--layer", default="auto",
                         help="target layer name, outer/inner for nested models, or auto")
+    parser.add_argument("--score", default="logit", choices=["logit", "probability"],
+                        help="class score to explain: the pre-activation logit or the probability")
+    parser.add_argument("--normalize", default="image", choices=["image", "global"],
+                        help="map scaling: per image (min-max) or one scale for the whole report")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity, 0..1")
     parser.add_argument("--colormap", default="viridis", choices=["viridis", "jet", "inferno"])
@@ -95,6 +100,8 @@ def _explain(args: argparse.Namespace) -> int:
         split=args.split,
         method=args.method,
         layer=args.layer,
+        score=args.score,
+        normalize=args.normalize,
         batch_size=args.batch_size,
         alpha=args.alpha,
         colormap=args.colormap,

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import keras
+import numpy as np
 from keras import layers
 
 from report.errors import UserError
@@ -53,24 +54,18 @@ class ModelMetadata:
         """Read the contract, falling back to what the model itself reveals for missing fields."""
         metadata = metadata or {}
         preprocessing = metadata.get("preprocessing") or {}
-        height, width, channels = _input_shape(model)
-        n_outputs = _output_units(model)
-        assumed = []
-
-        class_names = metadata.get("class_names")
-        if not class_names:
-            class_names = [f"class_{i}" for i in range(n_outputs)]
-            assumed.append(f"class names {', '.join(class_names)} (no `class_names` in metadata)")
-        elif len(class_names) != n_outputs and n_outputs > 1:
-            raise UserError(
-                f"model metadata lists {len(class_names)} class names but the model has "
-                f"{n_outputs} outputs; fix `class_names` in the logged model's metadata"
-            )
-
+        assumed: list[str] = []
         image_size = preprocessing.get("image_size")
+        declared = _declared_input_shape(model)
         if not image_size:
-            image_size = [height, width]
-            assumed.append(f"image size {height}x{width} taken from the model's input shape")
+            if declared is None:
+                raise UserError(
+                    f"model '{model.name}' declares no input shape and its metadata has no "
+                    "preprocessing.image_size; log it with that metadata"
+                )
+            image_size = declared[:2]
+            assumed.append(f"image size {image_size[0]}x{image_size[1]} from the model's input")
+        channels = declared[2] if declared else 3
 
         color = preprocessing.get("color")
         if color not in COLORS:
@@ -82,8 +77,10 @@ class ModelMetadata:
             scale = DEFAULT_SCALE
             assumed.append("pixel scale 1/255")
 
+        units = _output_units(model, (*image_size, 3 if color == "rgb" else 1))
+        class_names = _class_names(metadata.get("class_names"), units, assumed)
         return cls(
-            class_names=tuple(str(name) for name in class_names),
+            class_names=class_names,
             image_size=(int(image_size[0]), int(image_size[1])),
             color=color,
             scale=float(scale),
@@ -92,18 +89,38 @@ class ModelMetadata:
         )
 
 
-def _input_shape(model: keras.Model) -> tuple[int, int, int]:
-    shape = tuple(model.inputs[0].shape) if model.inputs else tuple(model.input_shape)
-    if len(shape) != 4 or None in shape[1:]:
+def _class_names(names: list | None, units: int, assumed: list[str]) -> tuple[str, ...]:
+    """One sigmoid unit is a binary model: two classes, (negative, positive)."""
+    n_classes = 2 if units == 1 else units
+    if not names:
+        names = [f"class_{i}" for i in range(n_classes)]
+        assumed.append(f"class names {', '.join(names)} (no `class_names` in metadata)")
+    elif units == 1 and len(names) == 1:
+        names = [f"not {names[0]}", names[0]]
+        assumed.append(f"negative class named '{names[0]}' for the single sigmoid output")
+    if len(names) != n_classes:
         raise UserError(
-            f"model input shape {shape} is not a fixed (batch, height, width, channels) image "
-            "shape; log the model with a fixed input size"
+            f"model metadata lists {len(names)} class names but the model has {units} "
+            "output(s); fix `class_names` in the logged model's metadata"
         )
+    return tuple(str(name) for name in names)
+
+
+def _declared_input_shape(model: keras.Model) -> tuple[int, int, int] | None:
+    try:
+        shape = tuple(model.inputs[0].shape)
+    except (AttributeError, IndexError, TypeError):  # subclassed, never built functionally
+        return None
+    if len(shape) != 4 or None in shape[1:]:
+        return None
     return int(shape[1]), int(shape[2]), int(shape[3])
 
 
-def _output_units(model: keras.Model) -> int:
-    return int(model.outputs[0].shape[-1]) if model.outputs else int(model.output_shape[-1])
+def _output_units(model: keras.Model, input_shape: tuple[int, int, int]) -> int:
+    try:
+        return int(model.outputs[0].shape[-1])
+    except (AttributeError, IndexError, TypeError):
+        return int(model(np.zeros((1, *input_shape), np.float32), training=False).shape[-1])
 
 
 # --- building -------------------------------------------------------------------------------

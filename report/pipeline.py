@@ -14,10 +14,11 @@ from tqdm import tqdm
 
 from report import render, tracking
 from report.artifacts import ArtifactWriter
-from report.cam.engine import make_engine
+from report.cam.engine import METHODS, SCORES, make_engine, upsample
+from report.cam.normalise import NORMALISATIONS, by_scale, per_image
 from report.cam.overlay import COLORMAPS, encode_png, label_text, make_overlay
 from report.data import open_source
-from report.data.batches import iter_batches
+from report.data.batches import Batch, iter_batches
 from report.data.records import Skipped
 from report.data.synthetic import CLASS_NAMES, IMAGE_SIZE
 from report.errors import UserError
@@ -140,6 +141,8 @@ class ExplainSettings:
     split: str = "test"
     method: str = "gradcam"
     layer: str = "auto"
+    score: str = "logit"
+    normalize: str = "image"
     batch_size: int = 32
     alpha: float = 0.5
     colormap: str = "viridis"
@@ -159,7 +162,7 @@ class ExplainResult:
 
 @dataclass
 class _Collected:
-    """What the report keeps while streaming: labels and probabilities, bounded image grids."""
+    """What the report keeps while streaming: labels and predictions, bounded image grids."""
 
     y_true: list[int] = field(default_factory=list)
     y_pred: list[int] = field(default_factory=list)
@@ -168,16 +171,19 @@ class _Collected:
     totals: dict[int, int] = field(default_factory=dict)
     misclassified: dict[int, int] = field(default_factory=dict)
 
-    def add(self, label: int | None, predicted: int, item: render.GridItem) -> None:
+    def add_prediction(self, label: int | None, predicted: int) -> None:
         if label is None:
             return
         self.y_true.append(label)
         self.y_pred.append(predicted)
         self.totals[label] = self.totals.get(label, 0) + 1
-        bucket = self.right if item.correct else self.wrong
-        if not item.correct:
+        if label != predicted:
             self.misclassified[label] = self.misclassified.get(label, 0) + 1
-        kept = bucket.setdefault(label, [])
+
+    def offer_tile(self, label: int | None, item: render.GridItem) -> None:
+        if label is None:
+            return
+        kept = (self.right if item.correct else self.wrong).setdefault(label, [])
         if len(kept) < GRID_IMAGES_PER_CLASS:
             kept.append(item)
 
@@ -201,28 +207,32 @@ def explain(settings: ExplainSettings) -> ExplainResult:
     if not records:
         raise UserError(f"no images to explain in '{settings.data}' ({settings.split} split)")
     layer = settings.layer if settings.layer != "auto" else (metadata.target_layer or "auto")
-    engine = make_engine(settings.method, registered.model, layer)
+    engine = make_engine(settings.method, registered.model, layer, settings.score,
+                         (*metadata.image_size, metadata.channels))
 
     with tracking.start_run(run_name=f"report-{registered.name}-v{registered.version}") as run:
         run_id = run.info.run_id
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="cxr-report-") as staging:
             staging = Path(staging)
-            collected, skipped, fingerprint = _explain_all(
-                settings, registered, source, records, engine, staging
-            )
+            explainer = _Explainer(settings, metadata, engine)
+            with ArtifactWriter(staging, metadata.class_names, engine.target.name,
+                                metadata.image_size) as writer:
+                skipped = explainer.run(source, records, writer)
+            collected = explainer.collected
             quality = classification_quality(
                 np.asarray(collected.y_true), np.asarray(collected.y_pred), metadata.class_names
             )
-            params = _report_params(settings, registered, engine, source, fingerprint)
-            tracking.log_new_params(params)
+            tracking.log_new_params(
+                _report_params(settings, registered, engine, source, explainer.fingerprint)
+            )
             context = render.ReportContext(
                 model_name=registered.name,
                 model_version=registered.version,
                 model_alias=registered.alias,
                 model_source=registered.source,
                 data_source=source.description,
-                data_fingerprint=fingerprint,
+                data_fingerprint=explainer.fingerprint,
                 run_id=run_id,
                 created=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
                 settings=_shown_settings(settings, engine),
@@ -257,59 +267,99 @@ def explain(settings: ExplainSettings) -> ExplainResult:
     )
 
 
-def _explain_all(settings, registered, source, records, engine, staging: Path):
-    metadata = registered.metadata
-    class_names = metadata.class_names
-    collected, skipped = _Collected(), []
-    fingerprint = hashlib.sha256()
-    target = engine.target
-    batches = iter_batches(source, records, metadata.image_size, settings.batch_size, skipped)
-    with (
-        ArtifactWriter(staging, class_names, target.name, metadata.image_size) as writer,
-        tqdm(total=len(records), desc="Explaining", unit="img", dynamic_ncols=True) as progress,
-    ):
-        seen_skips = 0
-        for batch in batches:
-            explanation = engine.explain(preprocess(batch.pixels, metadata))
-            for i, (record, image) in enumerate(zip(batch.records, batch.images, strict=True)):
-                predicted = int(np.argmax(explanation.probabilities[i]))
-                confidence = float(explanation.probabilities[i][predicted])
-                png = encode_png(
-                    make_overlay(
-                        image.pixels,
-                        explanation.maps[i],
-                        label_text(class_names[predicted], confidence),
-                        settings.alpha,
-                        settings.colormap,
-                    )
-                )
-                writer.add_explained(
-                    record.image_id, record.source, record.label,
-                    explanation.probabilities[i], predicted, explanation.raw_maps[i], png,
-                )
-                fingerprint.update(f"{record.image_id}|{record.label}|{image.digest}\n".encode())
-                collected.add(record.label, predicted, _grid_item(record, predicted, confidence,
-                                                                  class_names, png))
-            for item in skipped[seen_skips:]:
+class _Explainer:
+    """Streams batches through the engine into the artifact writer.
+
+    With `normalize=image` each overlay is drawn as its batch is explained. With `global`, the
+    shared scale is only known once every map exists, so a second pass re-reads the images
+    and draws the overlays from the raw maps kept (feature-map size: a few hundred bytes per
+    image); nothing image-sized is held beyond one batch.
+    """
+
+    def __init__(self, settings: ExplainSettings, metadata: ModelMetadata, engine):
+        self.settings = settings
+        self.metadata = metadata
+        self.engine = engine
+        self.collected = _Collected()
+        self._fingerprint = hashlib.sha256()
+        self._raw_maps: dict[str, np.ndarray] = {}
+        self._predictions: dict[str, tuple[int, float]] = {}
+        self._global_scale = 0.0
+
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint.hexdigest()
+
+    def run(self, source, records, writer: ArtifactWriter) -> list[Skipped]:
+        skipped: list[Skipped] = []
+        batches = iter_batches(source, records, self.metadata.image_size,
+                               self.settings.batch_size, skipped)
+        with _progress(len(records), "Explaining") as progress:
+            for batch in batches:
+                self._explain_batch(batch, writer)
+                progress.update(len(batch.records))
+            for item in skipped:
                 writer.add_skipped(item.image_id, item.source, item.label, item.reason)
-            progress.update(len(batch.records) + len(skipped) - seen_skips)
-            seen_skips = len(skipped)
-        for item in skipped[seen_skips:]:
-            writer.add_skipped(item.image_id, item.source, item.label, item.reason)
-        progress.update(len(skipped) - seen_skips)
-    return collected, skipped, fingerprint.hexdigest()
+            progress.update(len(skipped))
+        if self.settings.normalize == "global":
+            self._draw_globally_normalised(source, records, writer)
+        return skipped
+
+    def _explain_batch(self, batch: Batch, writer: ArtifactWriter) -> None:
+        explanation = self.engine.explain(preprocess(batch.pixels, self.metadata))
+        if self.settings.normalize == "image":
+            shown = per_image(explanation.maps)
+        else:
+            self._global_scale = max(self._global_scale, float(explanation.maps.max()))
+        for i, (record, image) in enumerate(zip(batch.records, batch.images, strict=True)):
+            probabilities = explanation.probabilities[i]
+            predicted = int(explanation.class_index[i])
+            writer.add_prediction(record.image_id, record.source, record.label, probabilities,
+                                  predicted, explanation.raw_maps[i])
+            self.collected.add_prediction(record.label, predicted)
+            self._fingerprint.update(f"{record.image_id}|{record.label}|{image.digest}\n".encode())
+            if self.settings.normalize == "image":
+                self._draw(record, image.pixels, shown[i], predicted,
+                           float(probabilities[predicted]), writer)
+            else:
+                self._raw_maps[record.image_id] = explanation.raw_maps[i]
+                self._predictions[record.image_id] = (predicted, float(probabilities[predicted]))
+
+    def _draw_globally_normalised(self, source, records, writer: ArtifactWriter) -> None:
+        explained = [r for r in records if r.image_id in self._raw_maps]
+        batches = iter_batches(source, explained, self.metadata.image_size,
+                               self.settings.batch_size, [])
+        with _progress(len(explained), "Drawing overlays") as progress:
+            for batch in batches:
+                raw = np.stack([self._raw_maps.pop(r.image_id) for r in batch.records])
+                maps = by_scale(upsample(raw, self.metadata.image_size).numpy(),
+                                self._global_scale)
+                for record, image, heatmap in zip(batch.records, batch.images, maps,
+                                                  strict=True):
+                    predicted, confidence = self._predictions.pop(record.image_id)
+                    self._draw(record, image.pixels, heatmap, predicted, confidence, writer)
+                progress.update(len(batch.records))
+
+    def _draw(self, record, pixels, heatmap, predicted: int, confidence: float,
+              writer: ArtifactWriter) -> None:
+        class_names = self.metadata.class_names
+        png = encode_png(make_overlay(pixels, heatmap,
+                                      label_text(class_names[predicted], confidence),
+                                      self.settings.alpha, self.settings.colormap))
+        writer.add_overlay(record.image_id, record.label, png)
+        true_name = "unlabelled" if record.label is None else class_names[record.label]
+        self.collected.offer_tile(record.label, render.GridItem(
+            image_id=record.image_id,
+            true_label=true_name,
+            predicted_label=class_names[predicted],
+            confidence=confidence,
+            correct=record.label == predicted,
+            png=png,
+        ))
 
 
-def _grid_item(record, predicted, confidence, class_names, png) -> render.GridItem:
-    true_name = "unlabelled" if record.label is None else class_names[record.label]
-    return render.GridItem(
-        image_id=record.image_id,
-        true_label=true_name,
-        predicted_label=class_names[predicted],
-        confidence=confidence,
-        correct=record.label == predicted,
-        png=png,
-    )
+def _progress(total: int, description: str) -> tqdm:
+    return tqdm(total=total, desc=description, unit="img", dynamic_ncols=True)
 
 
 def preprocess(pixels: np.ndarray, metadata: ModelMetadata) -> np.ndarray:
@@ -322,10 +372,12 @@ def preprocess(pixels: np.ndarray, metadata: ModelMetadata) -> np.ndarray:
 
 
 def _check_explain_settings(settings: ExplainSettings) -> None:
-    if settings.colormap not in COLORMAPS:
-        raise UserError(
-            f"unknown colormap '{settings.colormap}'; choose one of {', '.join(COLORMAPS)}"
-        )
+    choices = {"method": METHODS, "score": SCORES, "normalize": NORMALISATIONS,
+               "colormap": COLORMAPS}
+    for name, allowed in choices.items():
+        value = getattr(settings, name)
+        if value not in allowed:
+            raise UserError(f"unknown {name} '{value}'; choose one of {', '.join(allowed)}")
     if not 0.0 <= settings.alpha <= 1.0:
         raise UserError(f"alpha {settings.alpha} is outside 0..1; 0.5 is the tutorial's")
     if settings.batch_size < 1:
@@ -348,14 +400,24 @@ def _report_params(settings, registered, engine, source, fingerprint: str) -> di
     }
 
 
+SCORE_DESCRIPTIONS = {
+    "logit": "pre-activation logit of the explained class",
+    "probability": "probability of the explained class (after softmax/sigmoid)",
+}
+NORMALISATION_DESCRIPTIONS = {
+    "image": "per image, min-max (maps are not comparable across images)",
+    "global": "one scale for the whole report (maps are comparable across images)",
+}
+
+
 def _shown_settings(settings: ExplainSettings, engine) -> dict[str, str]:
     height, width = engine.target.map_size
     return {
-        "Method": "Grad-CAM (Selvaraju et al. 2017)",
+        "Method": engine.title,
         "Target layer": engine.target.name + (" (automatic)" if settings.layer == "auto" else ""),
         "Feature map": f"{height} x {width}",
-        "Class score": "pre-softmax logit of the predicted class",
-        "Normalisation": "per image, min-max",
+        "Class score": SCORE_DESCRIPTIONS[settings.score],
+        "Normalisation": NORMALISATION_DESCRIPTIONS[settings.normalize],
         "Colormap": settings.colormap,
         "Alpha": f"{settings.alpha:g}",
         "Batch size": str(settings.batch_size),
@@ -371,13 +433,15 @@ def _run_note(context: render.ReportContext) -> str:
         for row in context.per_class
     )
     alias = f" (@{context.model_alias})" if context.model_alias else ""
+    settings = context.settings
     return (
         f"**{render.DISCLAIMER}**\n\n"
-        f"Grad-CAM report for **{context.model_name} v{context.model_version}{alias}** on "
-        f"{context.data_source}.\n\n"
+        f"{settings['Method']} report for **{context.model_name} v{context.model_version}{alias}**"
+        f" on {context.data_source}.\n\n"
         f"- Images explained: {context.n_images}; skipped: {len(context.skipped)}\n"
         f"- Accuracy: {context.accuracy:.1%}\n"
-        f"- Target layer: `{context.settings['Target layer']}`\n\n"
+        f"- Target layer: `{settings['Target layer']}`; class score: {settings['Class score']};"
+        f" normalisation: {settings['Normalisation']}\n\n"
         "| class | precision | recall | F1 | support |\n|---|---|---|---|---|\n"
         f"{rows}\n\n"
         "Full report: artifacts `report/report.html` and `report/report.pdf`."

@@ -9,9 +9,9 @@ def test_writer_streams_overlays_maps_and_rows(tmp_path):
     classes = ("A", "B")
     with ArtifactWriter(tmp_path, classes, "backbone/conv", (8, 8)) as writer:
         for i in range(3):
-            writer.add_explained(f"img{i}", f"/data/img{i}.png", i % 2,
-                                 np.array([0.25, 0.75]), 1, np.full((2, 2), i, np.float32),
-                                 b"png-bytes")
+            writer.add_prediction(f"img{i}", f"/data/img{i}.png", i % 2,
+                                  np.array([0.25, 0.75]), 1, np.full((2, 2), i, np.float32))
+            writer.add_overlay(f"img{i}", i % 2, b"png-bytes")
         writer.add_skipped("bad", "/data/bad.png", 0, "empty file")
     cams = np.load(tmp_path / "cams" / "cams.npz")
     assert str(cams["_layer"]) == "backbone/conv"

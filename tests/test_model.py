@@ -29,7 +29,7 @@ def test_missing_metadata_falls_back_to_the_model_and_says_so():
 
 
 def test_class_names_must_match_the_outputs():
-    with pytest.raises(UserError, match="2 class names but the model has 3 outputs"):
+    with pytest.raises(UserError, match="2 class names but the model has 3 output"):
         ModelMetadata.from_mlflow({"class_names": ["a", "b"]}, plain_model())
 
 
@@ -44,3 +44,12 @@ def test_classifier_nests_the_backbone_under_the_tutorial_head():
 def test_unknown_backbone_is_a_user_error():
     with pytest.raises(UserError, match="choose one of small-cnn"):
         build_classifier("alexnet", 3, (64, 64))
+
+
+def test_one_sigmoid_unit_is_a_binary_model_with_two_classes():
+    binary = plain_model(units=1)
+    assert ModelMetadata.from_mlflow(None, binary).class_names == ("class_0", "class_1")
+    named = ModelMetadata.from_mlflow({"class_names": ["PNEUMONIA"]}, binary)
+    assert named.class_names == ("not PNEUMONIA", "PNEUMONIA")
+    pair = ModelMetadata.from_mlflow({"class_names": ["NORMAL", "PNEUMONIA"]}, binary)
+    assert pair.class_names == ("NORMAL", "PNEUMONIA")

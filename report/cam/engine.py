@@ -1,9 +1,18 @@
 """Batched class activation maps: one compiled pass gives predictions and maps together.
 
-Grad-CAM (Selvaraju et al. 2017): for class c with pre-softmax score y_c and feature maps A_k
-of the target layer, weights a_k = mean over (i, j) of dy_c/dA_k[i, j]; the map is
-ReLU(sum_k a_k A_k), upsampled bilinearly to the image. Methods differ only in how the channel
-weights are computed (`channel_weights`), the way pytorch-grad-cam's BaseCAM is organised.
+All methods share one core: the feature maps A (B, h, w, K) of the target layer, a class
+score y_c, and a map ReLU(sum_k w_k * A_k). They differ only in how the weights w are
+computed (`weights`), the way pytorch-grad-cam's BaseCAM is organised:
+
+- Grad-CAM (Selvaraju et al. 2017): w_k = mean_ij dy_c/dA_k[i, j].
+- Grad-CAM++ (Chattopadhay et al. 2018): w_k = sum_ij a_kij * ReLU(dy_c/dA_kij) with
+  a_kij = g^2 / (2 g^2 + sum_ab A_kab g^3), g = dy_c/dA_kij.
+- LayerCAM (Jiang et al. 2021): element-wise weights ReLU(dy_c/dA_kij).
+- Score-CAM (Wang et al. 2020): no gradients; w = softmax_k of the class score of the input
+  masked by each normalised, upsampled A_k (see ScoreCAM for its memory bound).
+
+The class score is the pre-activation logit (`score="logit"`, the paper's choice) or the
+model's probability (`score="probability"`, what the tutorial differentiated).
 """
 
 from __future__ import annotations
@@ -15,86 +24,207 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from report.cam.layers import TargetLayer, resolve_target_layer
+from report.cam.layers import TargetLayer, choose_target, model_input_shape, trace_model
 from report.errors import UserError
 
-SQUASHING = ("softmax", "sigmoid")
+SCORES = ("logit", "probability")
+EPSILON = 1e-7
 
 
 @dataclass(frozen=True)
 class Explanation:
     """A batch's predictions and maps, as numpy arrays."""
 
-    probabilities: np.ndarray  # (B, C) what the model outputs
-    class_index: np.ndarray  # (B,) the class each map explains (the predicted one)
+    probabilities: np.ndarray  # (B, C) per class, in the report's class order
+    class_index: np.ndarray  # (B,) the class each map explains
     raw_maps: np.ndarray  # (B, h, w) float32 at feature-map resolution, unnormalised
-    maps: np.ndarray  # (B, H, W) float32 in [0, 1], upsampled to the input size
+    maps: np.ndarray  # (B, H, W) float32 upsampled to the input size, unnormalised
+
+
+@dataclass(frozen=True)
+class Head:
+    """How the model's last layer turns logits z into per-class scores and probabilities.
+
+    softmax: class logits are z. sigmoid with one unit (binary): classes (negative, positive)
+    with logits (-z, z), so the negative class is explained through the negated logit.
+    sigmoid with several units: multi-label, each class its own logit.
+    """
+
+    activation: str  # "softmax" or "sigmoid"
+    units: int
+
+    @property
+    def n_classes(self) -> int:
+        return 2 if self.units == 1 else self.units
+
+    @property
+    def multi_label(self) -> bool:
+        return self.activation == "sigmoid" and self.units > 1
+
+    def class_logits(self, z: tf.Tensor) -> tf.Tensor:
+        return tf.concat([-z, z], axis=-1) if self.units == 1 else z
+
+    def probabilities(self, class_logits: tf.Tensor) -> tf.Tensor:
+        if self.activation == "sigmoid":
+            return tf.sigmoid(class_logits)
+        return tf.nn.softmax(class_logits, axis=-1)
 
 
 class CAMEngine:
     """Settings are stored here; work happens in `explain`, one compiled call per batch."""
 
     method = "base"
+    title = ""
 
-    def __init__(self, model: keras.Model, layer: str | None = "auto"):
+    def __init__(self, model: keras.Model, layer: str | None = "auto", score: str = "logit",
+                 input_shape=None):
+        if score not in SCORES:
+            raise UserError(f"unknown score '{score}'; choose one of {', '.join(SCORES)}")
         self.model = model
-        self.target: TargetLayer = resolve_target_layer(model, layer)
-        self.output_layer = _output_layer(model)
-        height, width, channels = (int(d) for d in model.inputs[0].shape[1:])
+        self.score = score
+        self.input_shape = model_input_shape(model, input_shape)
+        trace = trace_model(model, self.input_shape)
+        self.target: TargetLayer = choose_target(model, trace, layer)
+        # The last layer called, not `model.layers[-1]`: a subclassed model lists its layers in
+        # assignment order.
+        self.output_layer = trace.output_layer
+        self.head = _head_of(self.output_layer, trace.output_units)
         # A fixed signature with an open batch axis: one trace serves every batch size.
-        self._compiled = tf.function(
-            self._explain_batch,
-            input_signature=[tf.TensorSpec((None, height, width, channels), tf.float32)],
-        )
+        images = tf.TensorSpec((None, *self.input_shape), tf.float32)
+        classes = tf.TensorSpec((None,), tf.int32)
+        self._compiled = tf.function(self._explain_batch, input_signature=[images, classes])
 
-    def channel_weights(self, activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
-        """(B, h, w, K) activations and score gradients -> (B, K) channel weights."""
+    def weights(self, activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
+        """Weights broadcastable to the (B, h, w, K) activations."""
         raise NotImplementedError
 
-    def explain(self, images: np.ndarray) -> Explanation:
-        """`images` are preprocessed float32 (B, H, W, C) model inputs."""
-        probabilities, class_index, raw_maps, maps = self._compiled(tf.constant(images))
-        return Explanation(
-            probabilities=probabilities.numpy(),
-            class_index=class_index.numpy(),
-            raw_maps=raw_maps.numpy(),
-            maps=maps.numpy(),
-        )
+    def explain(self, images: np.ndarray, classes: np.ndarray | None = None) -> Explanation:
+        """`images`: preprocessed float32 (B, H, W, C). `classes`: the class to explain per
+        image, or -1 (the default) for the predicted one."""
+        classes = _classes_or_predicted(classes, len(images))
+        outputs = self._compiled(tf.constant(images, tf.float32), tf.constant(classes))
+        return Explanation(*(tensor.numpy() for tensor in outputs))
 
-    def _explain_batch(self, images: tf.Tensor):
+    def _explain_batch(self, images: tf.Tensor, classes: tf.Tensor):
         with tf.GradientTape(watch_accessed_variables=False) as tape:
-            with _tap(self.target.layer, tape) as activations, _logits_of(self.output_layer):
-                scores = self.model(images, training=False)
-            class_index = tf.argmax(scores, axis=-1, output_type=tf.int32)
+            activations, class_logits = self._forward(images, tape)
+            probabilities = self.head.probabilities(class_logits)
+            class_index = _chosen_classes(classes, probabilities)
+            scores = class_logits if self.score == "logit" else probabilities
             class_score = tf.gather(scores, class_index, batch_dims=1)
-        features = activations.value
-        gradients = tape.gradient(class_score, features)
-        weights = self.channel_weights(features, gradients)
-        raw_maps = tf.nn.relu(tf.einsum("bhwk,bk->bhw", features, weights))
-        maps = normalise_per_image(upsample(raw_maps, tf.shape(images)[1:3]))
-        probabilities = _squash(scores, self.output_layer)
-        return probabilities, class_index, raw_maps, maps
+        gradients = tape.gradient(class_score, activations)
+        raw_maps = combine(activations, self.weights(activations, gradients))
+        return probabilities, class_index, raw_maps, upsample(raw_maps, self.input_shape[:2])
+
+    def _forward(self, images: tf.Tensor, tape: tf.GradientTape | None = None):
+        """Target-layer activations and pre-activation class logits, in one model call."""
+        with _tap(self.target.layer, tape) as activations, _logits_of(self.output_layer):
+            z = self.model(images, training=False)
+        return activations.value, self.head.class_logits(z)
 
 
 class GradCAM(CAMEngine):
-    method = "gradcam"
+    method, title = "gradcam", "Grad-CAM (Selvaraju et al. 2017)"
 
-    def channel_weights(self, activations, gradients):
-        return tf.reduce_mean(gradients, axis=(1, 2))
-
-
-METHODS = {GradCAM.method: GradCAM}
+    def weights(self, activations, gradients):
+        return tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
 
 
-def upsample(maps: tf.Tensor, size) -> tf.Tensor:
-    return tf.image.resize(maps[..., None], size, method="bilinear")[..., 0]
+class GradCAMPlusPlus(CAMEngine):
+    method, title = "gradcam++", "Grad-CAM++ (Chattopadhay et al. 2018)"
+
+    def weights(self, activations, gradients):
+        squared, cubed = gradients**2, gradients**3
+        activation_sums = tf.reduce_sum(activations, axis=(1, 2), keepdims=True)
+        alpha = tf.math.divide_no_nan(squared, 2.0 * squared + activation_sums * cubed)
+        return tf.reduce_sum(alpha * tf.nn.relu(gradients), axis=(1, 2), keepdims=True)
 
 
-def normalise_per_image(maps: tf.Tensor) -> tf.Tensor:
-    """Min-max to [0, 1] per image; a flat map becomes all zeros rather than NaN."""
-    low = tf.reduce_min(maps, axis=(1, 2), keepdims=True)
-    high = tf.reduce_max(maps, axis=(1, 2), keepdims=True)
-    return tf.math.divide_no_nan(maps - low, high - low)
+class LayerCAM(CAMEngine):
+    method, title = "layercam", "LayerCAM (Jiang et al. 2021)"
+
+    def weights(self, activations, gradients):
+        return tf.nn.relu(gradients)
+
+
+class ScoreCAM(CAMEngine):
+    """Forward passes only. Each image needs one pass per channel of the target layer; the
+    masked copies go through the model `chunk_size` at a time, so beyond the model itself
+    memory holds at most chunk_size x H x W x C float32 inputs (64 x 237 x 237 x 3 = 43 MB)
+    plus one image's K upsampled masks (K x H x W float32), whatever the batch size."""
+
+    method, title = "scorecam", "Score-CAM (Wang et al. 2020)"
+
+    def __init__(self, *args, chunk_size: int = 64, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.chunk_size = chunk_size
+        spec = tf.TensorSpec((None, *self.input_shape), tf.float32)
+        self._forward_compiled = tf.function(self._plain_forward, input_signature=[spec])
+
+    def explain(self, images: np.ndarray, classes: np.ndarray | None = None) -> Explanation:
+        activations, class_logits = self._forward_compiled(tf.constant(images, tf.float32))
+        probabilities = self.head.probabilities(class_logits)
+        class_index = _chosen_classes(tf.constant(_classes_or_predicted(classes, len(images))),
+                                      probabilities).numpy()
+        weights = np.stack([
+            self._channel_weights(images[b], activations[b], class_index[b])
+            for b in range(len(images))
+        ])
+        raw_maps = combine(activations, tf.constant(weights[:, None, None, :]))
+        maps = upsample(raw_maps, self.input_shape[:2])
+        return Explanation(probabilities.numpy(), class_index, raw_maps.numpy(), maps.numpy())
+
+    def _plain_forward(self, images):
+        return self._forward(images)
+
+    def _channel_weights(self, image, activations, class_index) -> np.ndarray:
+        masks = channel_masks(activations, self.input_shape[:2])  # (K, H, W)
+        scores = []
+        for start in range(0, masks.shape[0], self.chunk_size):
+            masked = image[None] * masks[start : start + self.chunk_size, :, :, None]
+            _, class_logits = self._forward_compiled(masked)
+            chosen = class_logits if self.score == "logit" else self.head.probabilities(
+                class_logits)
+            scores.append(chosen[:, class_index].numpy())
+        return tf.nn.softmax(np.concatenate(scores)).numpy()
+
+
+METHODS = {m.method: m for m in (GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM)}
+
+
+def make_engine(method: str, model: keras.Model, layer: str | None = "auto",
+                score: str = "logit", input_shape=None) -> CAMEngine:
+    if method not in METHODS:
+        raise UserError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}")
+    return METHODS[method](model, layer, score, input_shape)
+
+
+def combine(activations: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
+    """The shared core: ReLU of the weighted sum over channels."""
+    return tf.nn.relu(tf.reduce_sum(weights * activations, axis=-1))
+
+
+def upsample(maps, size) -> tf.Tensor:
+    return tf.image.resize(tf.convert_to_tensor(maps)[..., None], size, method="bilinear")[..., 0]
+
+
+def channel_masks(activations, size) -> np.ndarray:
+    """(h, w, K) activations -> (K, H, W) upsampled maps, each min-max normalised to [0, 1]."""
+    upsampled = tf.image.resize(activations[None], size, method="bilinear")[0]
+    low = tf.reduce_min(upsampled, axis=(0, 1), keepdims=True)
+    high = tf.reduce_max(upsampled, axis=(0, 1), keepdims=True)
+    return tf.transpose(tf.math.divide_no_nan(upsampled - low, high - low), (2, 0, 1)).numpy()
+
+
+def _classes_or_predicted(classes, n: int) -> np.ndarray:
+    if classes is None:
+        return np.full(n, -1, np.int32)
+    return np.asarray(classes, np.int32)
+
+
+def _chosen_classes(classes: tf.Tensor, probabilities: tf.Tensor) -> tf.Tensor:
+    predicted = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+    return tf.where(classes >= 0, classes, predicted)
 
 
 # --- reaching inside a model without rebuilding it ------------------------------------------
@@ -102,8 +232,9 @@ def normalise_per_image(maps: tf.Tensor) -> tf.Tensor:
 # Keras 3 cannot cut a model at a layer inside a nested backbone (DESIGN.md §7). Instead, while
 # the tf.function traces, the target layer's `call` is wrapped to hand its output to the
 # gradient tape, and the output layer's squashing activation is swapped for identity so the
-# score is the pre-softmax logit. Both are undone before tracing ends; the registered model is
-# never changed. This works the same for Sequential, Functional, nested and subclassed models.
+# score is the pre-activation logit. Both are undone before tracing ends; the registered model
+# is never changed. This works the same for Sequential, Functional, nested and subclassed
+# models.
 
 
 class _Captured:
@@ -111,13 +242,14 @@ class _Captured:
 
 
 @contextlib.contextmanager
-def _tap(layer: keras.layers.Layer, tape: tf.GradientTape):
+def _tap(layer: keras.layers.Layer, tape: tf.GradientTape | None):
     captured = _Captured()
     original_call = layer.call
 
     def call_and_capture(*args, **kwargs):
         outputs = original_call(*args, **kwargs)
-        tape.watch(outputs)
+        if tape is not None:
+            tape.watch(outputs)
         captured.value = outputs
         return outputs
 
@@ -133,7 +265,7 @@ def _tap(layer: keras.layers.Layer, tape: tf.GradientTape):
 @contextlib.contextmanager
 def _logits_of(layer: keras.layers.Layer):
     activation = getattr(layer, "activation", None)
-    if _activation_name(activation) not in SQUASHING:
+    if _activation_name(activation) not in ("softmax", "sigmoid"):
         yield
         return
     object.__setattr__(layer, "activation", keras.activations.linear)
@@ -143,27 +275,13 @@ def _logits_of(layer: keras.layers.Layer):
         object.__setattr__(layer, "activation", activation)
 
 
-def _squash(logits: tf.Tensor, layer: keras.layers.Layer) -> tf.Tensor:
-    """Probabilities from logits; a head without activation is read as softmax/sigmoid logits."""
-    name = _activation_name(getattr(layer, "activation", None))
-    if name == "sigmoid" or (name != "softmax" and logits.shape[-1] == 1):
-        return tf.sigmoid(logits)
-    return tf.nn.softmax(logits, axis=-1)
-
-
 def _activation_name(activation) -> str | None:
     return getattr(activation, "__name__", None)
 
 
-def _output_layer(model: keras.Model) -> keras.layers.Layer:
-    """The layer that produces the model's output, descending into a nested head."""
-    layer = model.layers[-1]
-    while isinstance(layer, keras.Model):
-        layer = layer.layers[-1]
-    return layer
-
-
-def make_engine(method: str, model: keras.Model, layer: str | None = "auto") -> CAMEngine:
-    if method not in METHODS:
-        raise UserError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}")
-    return METHODS[method](model, layer)
+def _head_of(output_layer: keras.layers.Layer, units: int) -> Head:
+    name = _activation_name(getattr(output_layer, "activation", None))
+    # A head without activation is read as logits: softmax for several units, else sigmoid.
+    if name == "sigmoid" or (name != "softmax" and units == 1):
+        return Head("sigmoid", units)
+    return Head("softmax", units)
