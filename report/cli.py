@@ -17,7 +17,18 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_train(commands.add_parser("train", help="train, log and register a demo classifier"))
     _add_explain(commands.add_parser("explain", help="explain a registered model; write a report"))
+    _add_bench(commands.add_parser("bench", help="images per second against the alternatives"))
     return parser
+
+
+def _add_bench(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-uri", default="models:/cxr-classifier@champion",
+                        help="registered model to time; an untrained demo-shaped one if absent")
+    parser.add_argument("--images", type=int, default=96)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--method", default="gradcam",
+                        choices=["gradcam", "gradcam++", "layercam", "scorecam"])
+    parser.add_argument("--json", default="reports/bench.json", help="where to write results")
 
 
 def _add_train(parser: argparse.ArgumentParser) -> None:
@@ -62,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             return _train(args)
+        if args.command == "bench":
+            return _bench(args)
         return _explain(args)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -114,4 +127,14 @@ def _explain(args: argparse.Namespace) -> int:
     print(f"MLflow run: {result.run_id}")
     print(result.html)
     print(result.pdf)
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from report.bench import BenchSettings, run_bench
+
+    run_bench(BenchSettings(args.model_uri, args.images, args.batch_size, args.method,
+                            Path(args.json)))
     return 0

@@ -215,3 +215,45 @@ def test_imagenet_weights_offline_is_a_one_line_error(tracking_store, monkeypatc
     monkeypatch.setattr("keras.src.applications.vgg16.file_utils.get_file", offline)
     with pytest.raises(UserError, match="needs the network.*--weights none"):
         build_classifier("vgg16", 3, (64, 64), weights="imagenet")
+
+
+def run_id_of(result) -> str:
+    return re.search(r"MLflow run: (\w+)", result.stdout).group(1)
+
+
+def test_report_states_method_layer_score_and_normalisation(registered_store, tmp_path):
+    result = run_cli(
+        ["explain", "--model-uri", "models:/tiny-cxr@champion", "--data", "synthetic:30",
+         "--method", "gradcam++", "--layer", "block3_relu", "--score", "probability",
+         "--normalize", "global", "--batch-size", "4"],
+        registered_store, tmp_path,
+    )
+    run_id = run_id_of(result)
+    mlflow.set_tracking_uri(registered_store["MLFLOW_TRACKING_URI"])
+    client = MlflowClient()
+    params = client.get_run(run_id).data.params
+    assert (params["method"], params["score"], params["normalize"]) == (
+        "gradcam++", "probability", "global")
+    assert params["target_layer"] == "small_cnn/block3_relu"
+    html = (PROJECT_ROOT / "reports" / run_id / "report.html").read_text()
+    for shown in ("Grad-CAM++", "small_cnn/block3_relu", "probability of the explained class",
+                  "one scale for the whole report"):
+        assert shown in html
+    overlays = [a.path for c in CLASSES
+                for a in client.list_artifacts(run_id, f"overlays/{c}")]
+    assert len(overlays) == 6  # every explained image, drawn in the second pass
+
+
+def test_scorecam_runs_end_to_end(registered_store, tmp_path):
+    result = run_cli(
+        ["explain", "--model-uri", "models:/tiny-cxr@champion", "--data", "synthetic:15",
+         "--method", "scorecam", "--limit", "2"],
+        registered_store, tmp_path,
+    )
+    assert "Explained: 2 images (0 skipped)" in result.stdout
+
+
+def test_unknown_layer_is_a_one_line_error(registered_store, tmp_path):
+    result = run_cli(["explain", "--model-uri", "models:/tiny-cxr@champion", "--data",
+                      "synthetic:15", "--layer", "nope"], registered_store, tmp_path, check=False)
+    assert_one_line_error(result, "--layer 'nope'", "small_cnn/block4_relu")
