@@ -17,6 +17,7 @@ help:
 	@echo "make demo   set up .venv, train and register a demo model, write a report"
 	@echo "make test   set up .venv and run the whole test suite"
 	@echo "make ui     open the MLflow UI on the project's store (http://127.0.0.1:5000)"
+	@echo "make bench  images per second: this engine vs model.predict and the tutorial's way"
 	@echo "make lint   ruff check"
 
 $(STAMP): pyproject.toml
@@ -33,6 +34,9 @@ test: $(STAMP)
 
 ui: $(STAMP)
 	$(RUN_ENV) mlflow ui --backend-store-uri "$(TRACKING_URI)" --host 127.0.0.1 --port 5000
+
+bench: $(STAMP)
+	$(RUN_ENV) $(PYTHON) -m report bench
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -47,9 +47,12 @@ class ArtifactWriter:
         overlay_dir.mkdir(parents=True, exist_ok=True)
         (overlay_dir / f"{image_id}.png").write_bytes(png)
 
+    def add_map(self, key: str, raw_map: np.ndarray) -> None:
+        self._add_array(key, raw_map.astype(np.float32))
+
     def add_prediction(self, image_id, source, label, probabilities, predicted, raw_map):
         true_name = self._name(label)
-        self._add_array(image_id, raw_map.astype(np.float32))
+        self.add_map(image_id, raw_map)
         correct = "" if label is None else str(label == predicted).lower()
         flags = "misclassified" if correct == "false" else ""
         self._csv.writerow(

@@ -19,6 +19,7 @@ from report.cam.normalise import NORMALISATIONS, by_scale, per_image
 from report.cam.overlay import COLORMAPS, encode_png, label_text, make_overlay
 from report.data import open_source
 from report.data.batches import Batch, iter_batches
+from report.data.folder import safe_id
 from report.data.records import Skipped
 from report.data.synthetic import CLASS_NAMES, IMAGE_SIZE
 from report.errors import UserError
@@ -27,6 +28,7 @@ from report.paths import REPORTS_DIR
 from report.quality import classification_quality
 
 GRID_IMAGES_PER_CLASS = 12
+MULTI_LABEL_THRESHOLD = 0.5
 
 
 # --- train ----------------------------------------------------------------------------------
@@ -267,13 +269,24 @@ def explain(settings: ExplainSettings) -> ExplainResult:
     )
 
 
+@dataclass(frozen=True)
+class _Map:
+    """One map to draw: the image's predicted class (`extra=False`) or, for multi-label
+    heads, another class above the threshold, saved as `<image_id>__<class>`."""
+
+    class_index: int
+    confidence: float
+    raw: np.ndarray
+    extra: bool = False
+
+
 class _Explainer:
     """Streams batches through the engine into the artifact writer.
 
     With `normalize=image` each overlay is drawn as its batch is explained. With `global`, the
     shared scale is only known once every map exists, so a second pass re-reads the images
     and draws the overlays from the raw maps kept (feature-map size: a few hundred bytes per
-    image); nothing image-sized is held beyond one batch.
+    map); nothing image-sized is held beyond one batch.
     """
 
     def __init__(self, settings: ExplainSettings, metadata: ModelMetadata, engine):
@@ -282,8 +295,7 @@ class _Explainer:
         self.engine = engine
         self.collected = _Collected()
         self._fingerprint = hashlib.sha256()
-        self._raw_maps: dict[str, np.ndarray] = {}
-        self._predictions: dict[str, tuple[int, float]] = {}
+        self._pending: dict[str, list[_Map]] = {}
         self._global_scale = 0.0
 
     @property
@@ -306,56 +318,84 @@ class _Explainer:
         return skipped
 
     def _explain_batch(self, batch: Batch, writer: ArtifactWriter) -> None:
-        explanation = self.engine.explain(preprocess(batch.pixels, self.metadata))
-        if self.settings.normalize == "image":
-            shown = per_image(explanation.maps)
-        else:
-            self._global_scale = max(self._global_scale, float(explanation.maps.max()))
-        for i, (record, image) in enumerate(zip(batch.records, batch.images, strict=True)):
-            probabilities = explanation.probabilities[i]
-            predicted = int(explanation.class_index[i])
+        images = preprocess(batch.pixels, self.metadata)
+        explanation = self.engine.explain(images)
+        maps_per_image = [
+            [_Map(int(c), float(p[c]), raw)]
+            for c, p, raw in zip(explanation.class_index, explanation.probabilities,
+                                 explanation.raw_maps, strict=True)
+        ]
+        if self.engine.head.multi_label:
+            self._add_other_labels(images, explanation, maps_per_image)
+        for record, image, maps, probabilities in zip(
+            batch.records, batch.images, maps_per_image, explanation.probabilities, strict=True
+        ):
+            predicted = maps[0].class_index
             writer.add_prediction(record.image_id, record.source, record.label, probabilities,
-                                  predicted, explanation.raw_maps[i])
+                                  predicted, maps[0].raw)
+            for extra in maps[1:]:
+                writer.add_map(self._key(record.image_id, extra), extra.raw)
             self.collected.add_prediction(record.label, predicted)
             self._fingerprint.update(f"{record.image_id}|{record.label}|{image.digest}\n".encode())
             if self.settings.normalize == "image":
-                self._draw(record, image.pixels, shown[i], predicted,
-                           float(probabilities[predicted]), writer)
+                self._draw(record, image.pixels, maps, per_image, writer)
             else:
-                self._raw_maps[record.image_id] = explanation.raw_maps[i]
-                self._predictions[record.image_id] = (predicted, float(probabilities[predicted]))
+                self._global_scale = max([self._global_scale, *(m.raw.max() for m in maps)])
+                self._pending[record.image_id] = maps
+
+    def _add_other_labels(self, images, explanation, maps_per_image) -> None:
+        """Multi-label heads: one more map for every other class at or above the threshold,
+        in one extra compiled pass for the whole batch."""
+        above = explanation.probabilities >= MULTI_LABEL_THRESHOLD
+        above[np.arange(len(above)), explanation.class_index] = False
+        rows, classes = np.nonzero(above)
+        if not len(rows):
+            return
+        more = self.engine.explain(images[rows], classes)
+        for row, c, raw in zip(rows, classes, more.raw_maps, strict=True):
+            confidence = float(explanation.probabilities[row, c])
+            maps_per_image[row].append(_Map(int(c), confidence, raw, extra=True))
 
     def _draw_globally_normalised(self, source, records, writer: ArtifactWriter) -> None:
-        explained = [r for r in records if r.image_id in self._raw_maps]
+        explained = [r for r in records if r.image_id in self._pending]
         batches = iter_batches(source, explained, self.metadata.image_size,
                                self.settings.batch_size, [])
+        scale = self._global_scale
         with _progress(len(explained), "Drawing overlays") as progress:
             for batch in batches:
-                raw = np.stack([self._raw_maps.pop(r.image_id) for r in batch.records])
-                maps = by_scale(upsample(raw, self.metadata.image_size).numpy(),
-                                self._global_scale)
-                for record, image, heatmap in zip(batch.records, batch.images, maps,
-                                                  strict=True):
-                    predicted, confidence = self._predictions.pop(record.image_id)
-                    self._draw(record, image.pixels, heatmap, predicted, confidence, writer)
+                for record, image in zip(batch.records, batch.images, strict=True):
+                    maps = self._pending.pop(record.image_id)
+                    self._draw(record, image.pixels, maps, lambda m: by_scale(m, scale), writer)
                 progress.update(len(batch.records))
 
-    def _draw(self, record, pixels, heatmap, predicted: int, confidence: float,
-              writer: ArtifactWriter) -> None:
+    def _draw(self, record, pixels, maps: list[_Map], normalise, writer: ArtifactWriter):
+        upsampled = upsample(np.stack([m.raw for m in maps]), self.metadata.image_size).numpy()
+        for item, heatmap in zip(maps, normalise(upsampled), strict=True):
+            png = self._overlay_png(pixels, heatmap, item)
+            writer.add_overlay(self._key(record.image_id, item), record.label, png)
+            if not item.extra:
+                self.collected.offer_tile(record.label, self._tile(record, item, png))
+
+    def _overlay_png(self, pixels, heatmap, item: _Map) -> bytes:
+        label = label_text(self.metadata.class_names[item.class_index], item.confidence)
+        return encode_png(make_overlay(pixels, heatmap, label, self.settings.alpha,
+                                       self.settings.colormap))
+
+    def _tile(self, record, item: _Map, png: bytes) -> render.GridItem:
         class_names = self.metadata.class_names
-        png = encode_png(make_overlay(pixels, heatmap,
-                                      label_text(class_names[predicted], confidence),
-                                      self.settings.alpha, self.settings.colormap))
-        writer.add_overlay(record.image_id, record.label, png)
-        true_name = "unlabelled" if record.label is None else class_names[record.label]
-        self.collected.offer_tile(record.label, render.GridItem(
+        return render.GridItem(
             image_id=record.image_id,
-            true_label=true_name,
-            predicted_label=class_names[predicted],
-            confidence=confidence,
-            correct=record.label == predicted,
+            true_label="unlabelled" if record.label is None else class_names[record.label],
+            predicted_label=class_names[item.class_index],
+            confidence=item.confidence,
+            correct=record.label == item.class_index,
             png=png,
-        ))
+        )
+
+    def _key(self, image_id: str, item: _Map) -> str:
+        if not item.extra:
+            return image_id
+        return f"{image_id}__{safe_id(self.metadata.class_names[item.class_index])}"
 
 
 def _progress(total: int, description: str) -> tqdm:

@@ -1,0 +1,68 @@
+"""The report pipeline in-process, for model kinds the demo does not train."""
+
+import csv
+import zipfile
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+from keras import layers
+
+from report import tracking
+from report.data.synthetic import CLASS_NAMES
+from report.model import ModelMetadata
+from report.pipeline import ExplainSettings, explain
+
+
+def register(model: keras.Model, name: str) -> None:
+    metadata = ModelMetadata(CLASS_NAMES, (64, 64))
+    with mlflow.start_run():
+        tracking.log_and_register(model, metadata, name, "champion")
+
+
+def small_model(activation: str) -> keras.Model:
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((64, 64, 3)),
+        layers.Conv2D(8, 3, activation="relu"),
+        layers.GlobalAveragePooling2D(),
+        layers.Dense(3, activation=activation),
+    ])
+    return model
+
+
+@pytest.mark.slow
+def test_multi_label_heads_get_a_map_for_every_class_above_threshold(tracking_store, tmp_path):
+    model = small_model("sigmoid")
+    kernel, bias = model.layers[-1].get_weights()
+    model.layers[-1].set_weights([kernel * 0.01, np.array([5.5, 5.0, -5.0])])  # 2 labels on
+    register(model, "multi-label")
+    result = explain(ExplainSettings(model_uri="models:/multi-label@champion",
+                                     data="synthetic:15", batch_size=2))
+    run = mlflow.get_run(result.run_id)
+    local = mlflow.artifacts.download_artifacts(run_id=result.run_id, dst_path=str(tmp_path))
+    names = set(zipfile.ZipFile(f"{local}/cams/cams.npz").namelist())
+    with open(f"{local}/predictions.csv", encoding="utf-8") as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == 3
+    for row in rows:
+        assert row["predicted_label"] == "COVID-19"  # the top class, explained first
+        assert f"{row['image_id']}.npy" in names
+        assert f"{row['image_id']}__NORMAL.npy" in names  # the other class above 0.5
+        assert f"{row['image_id']}__OTHER_INFECTION.npy" not in names
+    overlays = list((tmp_path / "overlays").rglob("*.png"))
+    assert len(overlays) == 6
+    assert run.data.params["target_layer"] == "conv2d"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("normalize", ["image", "global"])
+def test_every_explained_image_gets_one_overlay(tracking_store, tmp_path, normalize):
+    register(small_model("softmax"), "plain")
+    result = explain(ExplainSettings(model_uri="models:/plain@champion", data="synthetic:30",
+                                     batch_size=4, normalize=normalize))
+    local = mlflow.artifacts.download_artifacts(run_id=result.run_id, dst_path=str(tmp_path))
+    assert result.explained == 6
+    assert len(list((tmp_path / "overlays").rglob("*.png"))) == 6
+    assert len(zipfile.ZipFile(f"{local}/cams/cams.npz").namelist()) == 6 + 2
