@@ -11,13 +11,14 @@ TRACKING_URI := $(or $(MLFLOW_TRACKING_URI),$(STORE))
 RUN_ENV := PATH="$(CURDIR)/$(VENV)/bin:$$PATH" MLFLOW_TRACKING_URI="$(TRACKING_URI)" \
 	MLFLOW_EXPERIMENT_NAME="$${MLFLOW_EXPERIMENT_NAME:-cxr-gradcam-report}" TF_CPP_MIN_LOG_LEVEL=2
 
-.PHONY: help demo test ui lint bench clean
+.PHONY: help demo test ui lint bench bench-compare clean
 
 help:
 	@echo "make demo   set up .venv, train and register a demo model, write a report"
 	@echo "make test   set up .venv and run the whole test suite"
 	@echo "make ui     open the MLflow UI on the project's store (http://127.0.0.1:5000)"
 	@echo "make bench  images per second: this engine vs model.predict and the tutorial's way"
+	@echo "make bench-compare  the same, with tf-keras-vis and xplique in their own venv"
 	@echo "make lint   ruff check"
 
 $(STAMP): pyproject.toml
@@ -37,6 +38,20 @@ ui: $(STAMP)
 
 bench: $(STAMP)
 	$(RUN_ENV) $(PYTHON) -m report bench
+
+# tf-keras-vis and xplique pin TensorFlow 2.20 and tf_keras, so they get their own venv with
+# the project's other pins (read from pyproject.toml; xplique caps scikit-learn) on PYTHONPATH.
+COMPARE := .venv-compare
+$(COMPARE)/.installed: pyproject.toml $(STAMP)
+	test -x $(COMPARE)/bin/python || python3 -m venv $(COMPARE)
+	$(COMPARE)/bin/pip install --quiet tf-keras-vis==0.8.7 xplique==2.0.2
+	$(COMPARE)/bin/pip install --quiet $$($(PYTHON) -c "import tomllib; \
+		deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; \
+		print(' '.join(d for d in deps if not d.startswith(('tensorflow', 'scikit-learn'))))")
+	touch $@
+
+bench-compare: $(COMPARE)/.installed
+	$(RUN_ENV) PYTHONPATH="$(CURDIR)" $(COMPARE)/bin/python -m report bench
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
