@@ -317,7 +317,7 @@ def test_pdf_has_disclaimer_on_every_page(pdf_pages):
 
 def test_pdf_contains_model_and_class_names(pdf_pages):
     text = _normalised(" ".join(pdf_pages))
-    assert "Grad-CAM audit report" in text
+    assert "Explanation audit report" in text
     assert "cxr-densenet" in text
     assert _normalised(DISCLAIMER_PT) in text
     for name in CLASS_NAMES:
