@@ -50,11 +50,12 @@ class ArtifactWriter:
     def add_map(self, key: str, raw_map: np.ndarray) -> None:
         self._add_array(key, raw_map.astype(np.float32))
 
-    def add_prediction(self, image_id, source, label, probabilities, predicted, raw_map):
+    def add_prediction(self, image_id, source, label, probabilities, predicted, raw_map,
+                       flags: list[str] = ()):
         true_name = self._name(label)
         self.add_map(image_id, raw_map)
         correct = "" if label is None else str(label == predicted).lower()
-        flags = "misclassified" if correct == "false" else ""
+        flags = "; ".join((["misclassified"] if correct == "false" else []) + list(flags))
         self._csv.writerow(
             [image_id, source, true_name, self.class_names[predicted]]
             + [f"{p:.6f}" for p in probabilities]

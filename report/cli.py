@@ -65,6 +65,8 @@ def _add_explain(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity, 0..1")
     parser.add_argument("--colormap", default="viridis", choices=["viridis", "jet", "inferno"])
     parser.add_argument("--limit", type=int, default=0, help="explain at most N images; 0 = all")
+    parser.add_argument("--quality", default="fast", choices=["full", "fast", "off"],
+                        help="explanation-quality checks: fast samples 32 images, full 128")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,6 +121,7 @@ def _explain(args: argparse.Namespace) -> int:
         alpha=args.alpha,
         colormap=args.colormap,
         limit=args.limit,
+        quality=args.quality,
     )
     result = explain(settings)
     print(f"Model:     {result.model}")

@@ -1,5 +1,10 @@
 """Figures for the audit report, rendered to SVG text.
 
+Each figure is sized to be read at about half an A4 page width (~105 mm) with 8-9 pt text,
+uses the Okabe-Ito colour-blind-safe palette (line styles take over once its colours run
+out) and writes its text as SVG <text>, escaped by matplotlib. Labels that come from users
+(class names, layer names) go through `_plain` so a ``$`` is shown, not parsed as mathtext.
+
 Figures are built on a bare ``matplotlib.figure.Figure`` with an explicit Agg canvas instead
 of ``pyplot``: pyplot keeps every figure in a global registry (a leak in a long-lived process
 unless closed) and picks a GUI backend from the environment. A bare Figure does neither, so
@@ -9,12 +14,17 @@ nothing needs closing and the backend is always Agg, whatever the caller configu
 from __future__ import annotations
 
 import io
+import math
+import textwrap
 
 import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from sklearn.metrics import ConfusionMatrixDisplay
+
+from report.quality import Calibration, RocCurve
 
 # Labels longer than this are rotated so neighbouring x tick labels do not overlap.
 _ROTATE_LABELS_LONGER_THAN = 8
@@ -41,7 +51,7 @@ def _confusion_matrix_figure(confusion: np.ndarray, class_names: list[str]) -> F
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     rotate = any(len(name) > _ROTATE_LABELS_LONGER_THAN for name in class_names)
-    display = ConfusionMatrixDisplay(confusion, display_labels=class_names)
+    display = ConfusionMatrixDisplay(confusion, display_labels=[_plain(n) for n in class_names])
     # The counts are written in every cell, so a colour bar would only repeat them.
     display.plot(
         ax=axes,
@@ -66,4 +76,285 @@ def _figure_to_svg(figure: Figure) -> str:
     # smaller. No date metadata, so identical inputs give byte-identical reports.
     with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "report"}):
         figure.savefig(buffer, format="svg", metadata={"Date": None})
+    figure.clear()  # drop the artists now rather than whenever the figure is collected
     return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# Audit figures: ROC, reliability, deletion/insertion, sanity check, mean heatmaps
+# ---------------------------------------------------------------------------------------------
+
+# Okabe & Ito (2008) colour-blind-safe palette, without its yellow (too faint on white).
+_PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
+_LINE_STYLES = ("-", "--", "-.", ":")
+_REFERENCE = {"color": "0.55", "linewidth": 0.9}
+# Half an A4 page width (105 mm) is about 4.1 in; figures are drawn at that size so 9 pt
+# text stays 9 pt in the report.
+_HALF_PAGE_WIDTH = 4.2
+_RC = {
+    "font.size": 9,
+    "axes.titlesize": 9.5,
+    "axes.labelsize": 9,
+    "legend.fontsize": 8,
+    "legend.frameon": False,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+}
+# With more legend entries than this the legend moves below the axes instead of covering them.
+_LEGEND_INSIDE_MAX = 5
+# At 8 pt, two legend columns of labels up to this long fit across a half-page figure.
+_LEGEND_TWO_COLUMNS_MAX_CHARS = 26
+
+
+def roc_svg(curves: list[RocCurve]) -> str:
+    """One-vs-rest ROC curve per class with its AUC in the legend, chance diagonal dashed.
+
+    Classes without an AUC (no positives or no negatives) are listed in the legend as n/a.
+    Beyond five entries the legend moves below the axes.
+    """
+    with matplotlib.rc_context(_RC):
+        figure = _new_figure(_HALF_PAGE_WIDTH, 3.9)
+        axes = figure.add_subplot()
+        handles, labels = [], []
+        for index, curve in enumerate(curves):
+            name = _plain(curve.class_name)
+            if curve.auc is None:
+                handles.append(Line2D([], [], linestyle="none"))
+                labels.append(f"{name} (AUC n/a)")
+                continue
+            (line,) = axes.plot(curve.fpr, curve.tpr, linewidth=1.6, **_line_style(index))
+            handles.append(line)
+            labels.append(f"{name} (AUC {curve.auc:.3f})")
+        (chance,) = axes.plot([0, 1], [0, 1], linestyle="--", **_REFERENCE)
+        handles.append(chance)
+        labels.append("chance (AUC 0.5)")
+        axes.set_xlim(-0.01, 1.01)
+        axes.set_ylim(-0.01, 1.01)
+        axes.set_aspect("equal")
+        axes.set_xlabel("False positive rate (1 − specificity)")
+        axes.set_ylabel("True positive rate (sensitivity)")
+        axes.set_title("ROC curves, one class vs the rest")
+        _legend(figure, axes, handles, labels, inside="lower right")
+    return _figure_to_svg(figure)
+
+
+def reliability_svg(calibration: Calibration) -> str:
+    """Reliability diagram: accuracy per confidence bin against the diagonal, ECE in the title.
+
+    Each marker sits at the bin's mean confidence, so its vertical distance from the diagonal
+    is exactly the gap the ECE averages. Below, a light histogram of images per bin shows
+    which markers rest on many images and which on a handful.
+    """
+    edges = np.asarray(calibration.bin_edges, dtype=float)
+    filled = np.asarray(calibration.bin_count) > 0
+    ece = "n/a" if math.isnan(calibration.ece) else f"{calibration.ece:.3f}"
+    with matplotlib.rc_context(_RC):
+        figure = _new_figure(_HALF_PAGE_WIDTH, 4.3)
+        top, bottom = figure.subplots(
+            2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+        )
+        (diagonal,) = top.plot([0, 1], [0, 1], linestyle="--", **_REFERENCE)
+        (observed,) = top.plot(
+            calibration.bin_confidence[filled],
+            calibration.bin_accuracy[filled],
+            marker="o",
+            markersize=4.5,
+            linewidth=1.4,
+            color=_PALETTE[0],
+        )
+        top.set_ylim(-0.02, 1.02)
+        top.set_ylabel("Accuracy")
+        top.set_title(f"Reliability diagram (ECE = {ece})")
+        top.legend(
+            [observed, diagonal], ["model", "perfect calibration"], loc="upper left"
+        )
+        bottom.bar(
+            edges[:-1],
+            calibration.bin_count,
+            width=np.diff(edges),
+            align="edge",
+            color="0.82",
+            edgecolor="white",
+            linewidth=0.6,
+        )
+        bottom.set_xlim(0, 1)
+        bottom.set_ylabel("Images")
+        bottom.set_xlabel("Confidence (top-class probability)")
+    return _figure_to_svg(figure)
+
+
+def deletion_insertion_svg(fractions: np.ndarray, curves: dict[str, np.ndarray], title: str) -> str:
+    """Mean class-score curves as pixels are removed or inserted (RISE deletion/insertion).
+
+    One line per entry with its area under the curve (trapezoids over ``fractions``) in the
+    legend, which sits below the axes. Entries whose label contains "random" are the
+    baselines and are drawn dashed.
+    """
+    fractions = np.asarray(fractions, dtype=float)
+    with matplotlib.rc_context(_RC):
+        figure = _new_figure(_HALF_PAGE_WIDTH, 3.0)
+        axes = figure.add_subplot()
+        handles, labels = [], []
+        for index, (label, curve) in enumerate(curves.items()):
+            curve = np.asarray(curve, dtype=float)
+            if curve.shape != fractions.shape:
+                raise ValueError(
+                    f"curve {label!r} has shape {curve.shape}, fractions {fractions.shape}"
+                )
+            style = _line_style(index)
+            if "random" in label.lower():
+                style["linestyle"] = "--"
+            (line,) = axes.plot(fractions, curve, linewidth=1.6, **style)
+            handles.append(line)
+            labels.append(f"{_plain(label)} (AUC {np.trapezoid(curve, fractions):.3f})")
+        axes.set_xlim(0, 1)
+        axes.set_xlabel("Fraction of pixels removed / inserted")
+        axes.set_ylabel("Mean class score")
+        axes.set_title(_plain(title))
+        # Deletion and insertion curves cross the whole plot, so the legend goes below it.
+        _legend(figure, axes, handles, labels, inside=None)
+    return _figure_to_svg(figure)
+
+
+def sanity_svg(stages: list[str], correlations: list[np.ndarray]) -> str:
+    """Mean ± sd Spearman correlation with the original maps per randomisation stage.
+
+    The model-parameter randomisation test (Adebayo et al. 2018): a map that depends on the
+    learnt weights should decorrelate (towards the reference line at 0) as more layers are
+    randomised. Stages where every correlation is undefined are left out of the line.
+    """
+    if len(stages) != len(correlations):
+        raise ValueError(f"{len(stages)} stages but {len(correlations)} correlation arrays")
+    means = np.full(len(stages), np.nan)
+    spread = np.full(len(stages), np.nan)
+    for index, values in enumerate(correlations):
+        values = np.asarray(values, dtype=float).ravel()
+        values = values[np.isfinite(values)]
+        if values.size:
+            means[index] = values.mean()
+            spread[index] = values.std()
+    known = np.isfinite(means)
+    low = float(np.min(means[known] - spread[known])) if known.any() else 0.0
+    high = float(np.max(means[known] + spread[known])) if known.any() else 1.0
+    with matplotlib.rc_context(_RC):
+        figure = _new_figure(_HALF_PAGE_WIDTH, 3.6)
+        axes = figure.add_subplot()
+        axes.axhline(0, **_REFERENCE)
+        positions = np.arange(len(stages))
+        axes.errorbar(
+            positions,
+            means,
+            yerr=spread,
+            marker="o",
+            markersize=4.5,
+            linewidth=1.4,
+            capsize=3,
+            color=_PALETTE[0],
+        )
+        axes.set_xticks(positions, [_plain(stage) for stage in stages])
+        for label in axes.get_xticklabels():
+            label.set_rotation(45)
+            label.set_horizontalalignment("right")
+            label.set_rotation_mode("anchor")
+        if len(stages) > 12:
+            axes.tick_params(axis="x", labelsize=6.5)
+        axes.set_xlim(-0.5, len(stages) - 0.5)
+        axes.set_ylim(min(-0.2, low - 0.05), max(1.05, high + 0.03))
+        axes.set_xlabel("Randomised up to")
+        axes.set_ylabel("Spearman correlation with\nthe trained model's maps")
+        axes.set_title("Model-parameter randomisation (mean ± sd)")
+    return _figure_to_svg(figure)
+
+
+def mean_heatmaps_svg(
+    maps: dict[str, np.ndarray], title: str, background: dict[str, np.ndarray] | None = None
+) -> str:
+    """One small panel per key (e.g. class name -> mean (H, W) map), on one shared scale.
+
+    Viridis with a single colour bar, so panels compare directly. With ``background``, the
+    key's grey image (e.g. the class's mean X-ray) is drawn under a half-transparent map.
+    """
+    if not maps:
+        raise ValueError("no maps to draw")
+    background = background or {}
+    arrays = {key: np.asarray(value, dtype=float) for key, value in maps.items()}
+    for key, value in arrays.items():
+        if value.ndim != 2:
+            raise ValueError(f"map {key!r} must be (H, W), got shape {value.shape}")
+    finite = [value[np.isfinite(value)] for value in arrays.values()]
+    vmin = min([0.0] + [float(v.min()) for v in finite if v.size])
+    vmax = max([vmin] + [float(v.max()) for v in finite if v.size])
+    if vmax <= vmin:
+        vmax = vmin + 1.0
+    columns = min(len(arrays), 4)
+    rows = math.ceil(len(arrays) / columns)
+    panel = (_HALF_PAGE_WIDTH - 0.7) / columns
+    with matplotlib.rc_context(_RC):
+        figure = _new_figure(_HALF_PAGE_WIDTH, rows * (panel + 0.3) + 0.35)
+        grid = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).ravel()
+        image = None
+        for axes, (key, value) in zip(grid, arrays.items(), strict=False):
+            height, width = value.shape
+            extent = (0, width, height, 0)
+            alpha = 1.0
+            if key in background:
+                grey = np.asarray(background[key], dtype=float)
+                if grey.ndim == 3:
+                    grey = grey.mean(axis=-1)
+                axes.imshow(grey, cmap="gray", extent=extent, rasterized=True)
+                alpha = 0.55
+            image = axes.imshow(
+                value,
+                cmap="viridis",
+                vmin=vmin,
+                vmax=vmax,
+                alpha=alpha,
+                extent=extent,
+                rasterized=True,
+            )
+            axes.set_title(textwrap.fill(_plain(key), 18), fontsize=8)
+            axes.set_axis_off()
+        for axes in grid[len(arrays):]:
+            axes.set_axis_off()
+        colorbar = figure.colorbar(image, ax=list(grid), shrink=0.9, aspect=25 * rows)
+        colorbar.set_label("Mean map value")
+        colorbar.outline.set_visible(False)
+        figure.suptitle(_plain(title), fontsize=9.5)
+    return _figure_to_svg(figure)
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    figure = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _line_style(index: int) -> dict:
+    """Okabe-Ito colours first; once they run out, the same colours with other dashes."""
+    return {
+        "color": _PALETTE[index % len(_PALETTE)],
+        "linestyle": _LINE_STYLES[(index // len(_PALETTE)) % len(_LINE_STYLES)],
+    }
+
+
+def _legend(figure: Figure, axes, handles: list, labels: list[str], inside: str | None) -> None:
+    """Legend inside the axes at ``inside`` when short, else below them (also if None).
+
+    A legend below the axes makes the figure taller by its height, so the axes keep theirs.
+    """
+    # Explicit handles and labels: a label starting with "_" would otherwise be dropped.
+    if inside is not None and len(labels) <= _LEGEND_INSIDE_MAX:
+        axes.legend(handles, labels, loc=inside)
+        return
+    # Two columns only when two labels fit side by side across the figure.
+    columns = 2 if max(len(label) for label in labels) <= _LEGEND_TWO_COLUMNS_MAX_CHARS else 1
+    figure.legend(handles, labels, loc="outside lower center", ncols=columns)
+    width, height = figure.get_size_inches()
+    figure.set_size_inches(width, height + 0.15 + 0.2 * math.ceil(len(labels) / columns))
+
+
+def _plain(text) -> str:
+    """Show ``text`` literally: escape the dollar signs matplotlib would parse as mathtext."""
+    return str(text).replace("$", r"\$")

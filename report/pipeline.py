@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from report import render, tracking
+from report import findings, render, tracking
 from report.artifacts import ArtifactWriter
 from report.cam.engine import METHODS, SCORES, make_engine, upsample
 from report.cam.normalise import NORMALISATIONS, by_scale, per_image
 from report.cam.overlay import COLORMAPS, encode_png, label_text, make_overlay
-from report.data import open_source
+from report.data import SYNTHETIC_NAMES, open_source
 from report.data.batches import Batch, iter_batches
 from report.data.folder import safe_id
 from report.data.records import Skipped
@@ -26,8 +26,10 @@ from report.errors import UserError
 from report.model import ModelMetadata, build_classifier, compile_classifier
 from report.paths import REPORTS_DIR
 from report.quality import classification_quality
+from report.trust import LEVELS, QualityAccumulator, QualityPlan
 
 GRID_IMAGES_PER_CLASS = 12
+EXTREMES = 4
 MULTI_LABEL_THRESHOLD = 0.5
 
 
@@ -97,7 +99,7 @@ def train(settings: TrainSettings) -> TrainResult:
 
 
 def _training_classes(data: str) -> tuple[str, ...]:
-    if data == "synthetic" or data.startswith("synthetic:"):
+    if data.partition(":")[0] in SYNTHETIC_NAMES:
         return CLASS_NAMES
     root = Path(data).expanduser()
     base = root / "train" if (root / "train").is_dir() else root
@@ -149,6 +151,7 @@ class ExplainSettings:
     alpha: float = 0.5
     colormap: str = "viridis"
     limit: int = 0
+    quality: str = "fast"
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,9 @@ class _Collected:
     right: dict[int, list[render.GridItem]] = field(default_factory=dict)
     totals: dict[int, int] = field(default_factory=dict)
     misclassified: dict[int, int] = field(default_factory=dict)
+    least_sure_right: list[render.GridItem] = field(default_factory=list)
+    most_sure_wrong: list[render.GridItem] = field(default_factory=list)
+    flagged: list[tuple[str, str, str]] = field(default_factory=list)
 
     def add_prediction(self, label: int | None, predicted: int) -> None:
         if label is None:
@@ -188,6 +194,17 @@ class _Collected:
         kept = (self.right if item.correct else self.wrong).setdefault(label, [])
         if len(kept) < GRID_IMAGES_PER_CLASS:
             kept.append(item)
+        # Bounded: only the EXTREMES least confident correct and most confident wrong stay.
+        if item.correct:
+            self.least_sure_right = sorted([*self.least_sure_right, item],
+                                           key=lambda tile: tile.confidence)[:EXTREMES]
+        else:
+            self.most_sure_wrong = sorted([*self.most_sure_wrong, item],
+                                          key=lambda tile: -tile.confidence)[:EXTREMES]
+
+    def extremes(self) -> list[tuple[str, list[render.GridItem]]]:
+        return [("Lowest-confidence correct predictions", self.least_sure_right),
+                ("Highest-confidence wrong predictions", self.most_sure_wrong)]
 
     def grids(self, class_names: tuple[str, ...]) -> list[render.ClassGrid]:
         grids = []
@@ -221,39 +238,22 @@ def explain(settings: ExplainSettings) -> ExplainResult:
             with ArtifactWriter(staging, metadata.class_names, engine.target.name,
                                 metadata.image_size) as writer:
                 skipped = explainer.run(source, records, writer)
-            collected = explainer.collected
-            quality = classification_quality(
-                np.asarray(collected.y_true), np.asarray(collected.y_pred), metadata.class_names
-            )
+            explained_seconds = time.perf_counter() - started
+            results = explainer.finish()
             tracking.log_new_params(
                 _report_params(settings, registered, engine, source, explainer.fingerprint)
             )
-            context = render.ReportContext(
-                model_name=registered.name,
-                model_version=registered.version,
-                model_alias=registered.alias,
-                model_source=registered.source,
-                data_source=source.description,
-                data_fingerprint=explainer.fingerprint,
-                run_id=run_id,
-                created=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-                settings=_shown_settings(settings, engine),
-                assumptions=list(metadata.assumed) + list(getattr(source, "notes", [])),
-                class_names=list(metadata.class_names),
-                n_images=len(collected.y_pred),
-                accuracy=quality.accuracy,
-                per_class=quality.per_class,
-                confusion=quality.confusion,
-                grids=collected.grids(metadata.class_names),
-                skipped=[(item.source, item.reason) for item in skipped],
-                elapsed_seconds=time.perf_counter() - started,
+            context, metrics = _report_context(
+                settings, registered, engine, source, explainer, results, skipped, run_id,
+                elapsed=time.perf_counter() - started,
             )
+            metrics["time.explain_seconds"] = explained_seconds
+            metrics["time.quality_seconds"] = explainer.quality_seconds
             html, pdf = render.write_report(context, REPORTS_DIR / run_id)
-            tracking.log_metrics(
-                {**quality.metrics(), "images_explained": context.n_images,
-                 "images_skipped": len(skipped)}
-            )
+            tracking.log_metrics(metrics)
             tracking.log_artifacts(staging)
+            for figure in [*context.figures, *(f for s in context.sections for f in s.figures)]:
+                tracking.log_text(figure.svg, f"figures/{safe_id(figure.title.lower())}.svg")
             tracking.log_artifact(html, "report")
             tracking.log_artifact(pdf, "report")
             tracking.set_note(_run_note(context))
@@ -263,10 +263,53 @@ def explain(settings: ExplainSettings) -> ExplainResult:
         + (f" (@{registered.alias})" if registered.alias else ""),
         explained=context.n_images,
         skipped=len(skipped),
-        accuracy=quality.accuracy,
+        accuracy=context.accuracy,
         html=html,
         pdf=pdf,
     )
+
+
+def _report_context(settings, registered, engine, source, explainer, results, skipped,
+                    run_id: str, elapsed: float) -> tuple[render.ReportContext, dict]:
+    collected = explainer.collected
+    class_names = registered.metadata.class_names
+    scores = classification_quality(np.asarray(collected.y_true), np.asarray(collected.y_pred),
+                                    class_names)
+    n_flagged = len(collected.flagged)
+    metrics = {
+        **scores.metrics(),
+        **findings.classification_metrics(results),
+        **findings.explanation_metrics(results),
+        "images_explained": len(collected.y_pred),
+        "images_skipped": len(skipped),
+        "shortcut.flagged_images": n_flagged,
+    }
+    context = render.ReportContext(
+        model_name=registered.name,
+        model_version=registered.version,
+        model_alias=registered.alias,
+        model_source=registered.source,
+        data_source=source.description,
+        data_fingerprint=explainer.fingerprint,
+        run_id=run_id,
+        created=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        settings=_shown_settings(settings, engine),
+        assumptions=list(registered.metadata.assumed) + list(getattr(source, "notes", [])),
+        class_names=list(class_names),
+        n_images=len(collected.y_pred),
+        accuracy=scores.accuracy,
+        per_class=scores.per_class,
+        confusion=scores.confusion,
+        grids=collected.grids(class_names),
+        skipped=[(item.source, item.reason) for item in skipped],
+        elapsed_seconds=elapsed,
+        summary=findings.summary(results, scores.accuracy, len(collected.y_pred), n_flagged),
+        sections=findings.sections(results, n_flagged),
+        extremes=collected.extremes(),
+        flagged=collected.flagged,
+        figures=findings.classification_figures(results),
+    )
+    return context, metrics
 
 
 @dataclass(frozen=True)
@@ -297,10 +340,20 @@ class _Explainer:
         self._fingerprint = hashlib.sha256()
         self._pending: dict[str, list[_Map]] = {}
         self._global_scale = 0.0
+        self.quality = QualityAccumulator(QualityPlan.of(settings.quality),
+                                          metadata.class_names, metadata.image_size)
+        self.quality_seconds = 0.0
 
     @property
     def fingerprint(self) -> str:
         return self._fingerprint.hexdigest()
+
+    def finish(self):
+        """The checks that need extra forward passes, on the bounded sample."""
+        started = time.perf_counter()
+        results = self.quality.finish(self.engine, self.settings.batch_size)
+        self.quality_seconds += time.perf_counter() - started
+        return results
 
     def run(self, source, records, writer: ArtifactWriter) -> list[Skipped]:
         skipped: list[Skipped] = []
@@ -327,12 +380,21 @@ class _Explainer:
         ]
         if self.engine.head.multi_label:
             self._add_other_labels(images, explanation, maps_per_image)
-        for record, image, maps, probabilities in zip(
-            batch.records, batch.images, maps_per_image, explanation.probabilities, strict=True
+        started = time.perf_counter()
+        labels = [record.label for record in batch.records]
+        shortcut_flags = self.quality.add_batch(labels, batch.images, images, explanation)
+        self.quality_seconds += time.perf_counter() - started
+        for record, image, maps, probabilities, flags in zip(
+            batch.records, batch.images, maps_per_image, explanation.probabilities,
+            shortcut_flags, strict=True
         ):
             predicted = maps[0].class_index
             writer.add_prediction(record.image_id, record.source, record.label, probabilities,
-                                  predicted, maps[0].raw)
+                                  predicted, maps[0].raw, flags)
+            if flags:
+                true_name = "unlabelled" if record.label is None else (
+                    self.metadata.class_names[record.label])
+                self.collected.flagged.append((record.image_id, true_name, "; ".join(flags)))
             for extra in maps[1:]:
                 writer.add_map(self._key(record.image_id, extra), extra.raw)
             self.collected.add_prediction(record.label, predicted)
@@ -413,7 +475,7 @@ def preprocess(pixels: np.ndarray, metadata: ModelMetadata) -> np.ndarray:
 
 def _check_explain_settings(settings: ExplainSettings) -> None:
     choices = {"method": METHODS, "score": SCORES, "normalize": NORMALISATIONS,
-               "colormap": COLORMAPS}
+               "colormap": COLORMAPS, "quality": LEVELS}
     for name, allowed in choices.items():
         value = getattr(settings, name)
         if value not in allowed:
@@ -463,6 +525,7 @@ def _shown_settings(settings: ExplainSettings, engine) -> dict[str, str]:
         "Batch size": str(settings.batch_size),
         "Split": settings.split,
         "Limit": "all images" if not settings.limit else str(settings.limit),
+        "Quality checks": settings.quality,
     }
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import base64
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -48,6 +49,56 @@ class ClassGrid:
     misclassified: int  # how many of those were misclassified
 
 
+# Verdict markers are text, not only colour: they survive greyscale printing and screen readers.
+FINDING_MARKERS = {"pass": "✓ PASS", "warn": "⚠ WARN", "info": "ℹ INFO"}
+FINDING_LEVELS = tuple(FINDING_MARKERS)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A plain-language sentence and its verdict, shown as text: ✓ PASS, ⚠ WARN, ℹ INFO."""
+
+    level: str  # "pass" | "warn" | "info"
+    text: str  # e.g. "Heatmaps point at the lesion in 87% of images (random maps: 12%)."
+
+    def __post_init__(self) -> None:
+        # A typo would otherwise render a finding without its verdict.
+        if self.level not in FINDING_LEVELS:
+            raise ValueError(f"finding level {self.level!r} is not one of {FINDING_LEVELS}")
+
+
+@dataclass(frozen=True)
+class Figure:
+    title: str
+    svg: str  # SVG document text (matplotlib); embedded as a data: URI, never inline markup
+    caption: str = ""
+
+
+@dataclass(frozen=True)
+class Table:
+    headers: list[str]
+    rows: list[list[str]]  # already formatted; first column left-aligned, the others right
+
+    def __post_init__(self) -> None:
+        for number, row in enumerate(self.rows, start=1):
+            if len(row) != len(self.headers):
+                raise ValueError(
+                    f"table row {number} has {len(row)} cells, expected {len(self.headers)}"
+                )
+
+
+@dataclass(frozen=True)
+class Section:
+    """One question of the "Can the heatmaps be trusted?" part."""
+
+    key: str  # html id / anchor, e.g. "faithfulness"
+    title: str  # e.g. "Faithfulness: do the highlighted pixels matter to the model?"
+    reading: str  # a short plain-language paragraph: how to read the numbers below
+    findings: list[Finding] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
+
+
 @dataclass(frozen=True)
 class ReportContext:
     model_name: str
@@ -68,6 +119,12 @@ class ReportContext:
     grids: list[ClassGrid]
     skipped: list[tuple[str, str]]  # (file path or id, reason)
     elapsed_seconds: float | None = None
+    summary: Sequence[Finding] = ()  # 3-5 lines a reviewer reads first; no box when empty
+    sections: Sequence[Section] = ()  # the "Can the heatmaps be trusted?" part, in order
+    # Small tile rows under the classification results, e.g. ("Highest-confidence wrong", items).
+    extremes: Sequence[tuple[str, Sequence[GridItem]]] = ()
+    flagged: Sequence[tuple[str, str, str]] = ()  # (image id, true class, flags)
+    figures: Sequence[Figure] = ()  # classification figures: ROC curves, reliability diagram
 
 
 def render_html(context: ReportContext) -> str:
@@ -77,6 +134,7 @@ def render_html(context: ReportContext) -> str:
         report=context,
         disclaimer=DISCLAIMER,
         disclaimer_pt=DISCLAIMER_PT,
+        finding_markers=FINDING_MARKERS,
         fingerprint_short=context.data_fingerprint[:FINGERPRINT_SHOWN_CHARS],
         confusion_svg_uri=_data_uri(
             "image/svg+xml", confusion_matrix_svg(context.confusion, context.class_names).encode()
@@ -123,6 +181,7 @@ def _environment() -> jinja2.Environment:
     )
     environment.filters.update(
         png_data_uri=lambda png: _data_uri("image/png", png),
+        svg_data_uri=lambda svg: _data_uri("image/svg+xml", svg.encode("utf-8")),
         percent=_format_percent,
         decimal=_format_decimal,
         count_noun=_count_noun,

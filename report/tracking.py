@@ -96,6 +96,10 @@ def log_artifact(path: Path, artifact_path: str | None = None) -> None:
     mlflow.log_artifact(str(path), artifact_path)
 
 
+def log_text(text: str, artifact_file: str) -> None:
+    mlflow.log_text(text, artifact_file)
+
+
 def set_note(markdown: str) -> None:
     mlflow.set_tag(NOTE_TAG, markdown)
 

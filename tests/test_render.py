@@ -6,6 +6,7 @@ import base64
 import dataclasses
 import io
 import re
+from html import unescape
 from html.parser import HTMLParser
 
 import matplotlib.pyplot as plt
@@ -18,9 +19,14 @@ from report.figures import confusion_matrix_svg
 from report.render import (
     DISCLAIMER,
     DISCLAIMER_PT,
+    FINDING_MARKERS,
     ClassGrid,
+    Figure,
+    Finding,
     GridItem,
     ReportContext,
+    Section,
+    Table,
     render_html,
     write_pdf,
     write_report,
@@ -30,6 +36,15 @@ HOSTILE_CLASS = "<script>alert(1)</script>"
 HOSTILE_ID = "<img src=x onerror=alert(1)>"
 CLASS_NAMES = ["COVID-19", "Normal", HOSTILE_CLASS]
 ASSUMPTION = "Input size 224x224 assumed: the model signature has no image shape."
+# Findings, flags and table cells are data too: each of these must come out as visible text.
+HOSTILE_FINDING = "Heatmaps <b onmouseover=alert(2)>point</b> at the lesion & more."
+HOSTILE_FLAG = "text marker 41% <iframe src=https://example.org/x>"
+HOSTILE_CELL = '"><svg onload=alert(3)>'
+HOSTILE_FIGURE_TITLE = 'ROC "curves" <em>per</em> class'
+SECTION_TITLES = [
+    "Faithfulness: do the highlighted pixels matter to the model?",
+    "Localisation: do the heatmaps point at the lesion?",
+]
 
 # Attributes through which a page can make the browser load something.
 URL_ATTRIBUTES = {
@@ -161,6 +176,67 @@ def _normalised(text: str) -> str:
     return " ".join(text.split())
 
 
+def _svg(label: str, script: bool = False) -> str:
+    """A tiny valid SVG document; ``script`` adds markup that must never reach the page inline."""
+    extra = "<script>alert(4)</script>" if script else ""
+    return (
+        '<svg xmlns="http://www.w3.org/2000/svg" width="120" height="60" viewBox="0 0 120 60">'
+        f'<rect width="120" height="60" fill="#369"/><text x="4" y="34">{label}</text>{extra}</svg>'
+    )
+
+
+class _ElementCollector(HTMLParser):
+    """Elements with a class or an id, in document order: (tag, classes, attributes, text)."""
+
+    VOID = {"img", "meta", "br", "hr", "input", "link", "source", "wbr", "col", "area"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.elements: list[tuple[str, set[str], dict[str, str], str]] = []
+        self._open: list[tuple[str, int | None, list[str]]] = []  # (tag, index, text parts)
+
+    def handle_starttag(self, tag, attrs):
+        if tag in self.VOID:
+            return
+        attributes = {name: value or "" for name, value in attrs}
+        classes = set(attributes.get("class", "").split())
+        index = None
+        if classes or "id" in attributes:
+            index = len(self.elements)
+            self.elements.append((tag, classes, attributes, ""))
+        self._open.append((tag, index, []))
+
+    def handle_endtag(self, tag):
+        if not any(name == tag for name, _, _ in self._open):
+            return
+        while True:
+            name, index, parts = self._open.pop()
+            text = "".join(parts)
+            if index is not None:
+                element = self.elements[index]
+                self.elements[index] = (*element[:3], " ".join(text.split()))
+            if self._open:
+                self._open[-1][2].append(text)
+            if name == tag:
+                return
+
+    def handle_data(self, data):
+        if self._open:
+            self._open[-1][2].append(data)
+
+
+def _elements(html: str) -> list[tuple[str, set[str], dict[str, str], str]]:
+    collector = _ElementCollector()
+    collector.feed(html)
+    collector.close()
+    return collector.elements
+
+
+def _texts(html: str, css_class: str) -> list[str]:
+    """Visible text of every element with ``css_class``, in document order."""
+    return [text for _, classes, _, text in _elements(html) if css_class in classes]
+
+
 # ---------- fixtures ----------
 
 
@@ -212,6 +288,62 @@ def context() -> ReportContext:
         grids=grids,
         skipped=[("data/test/broken.png", "cannot identify image file")],
         elapsed_seconds=12.5,
+        summary=[
+            Finding("pass", "Accuracy is 93% on 43 test images."),
+            Finding("warn", HOSTILE_FINDING),
+        ],
+        sections=[
+            Section(
+                key="faithfulness",
+                title=SECTION_TITLES[0],
+                reading="Pixels go in heatmap order; a faithful map makes confidence fall fast.",
+                findings=[
+                    Finding("pass", "Removing the top 10% of pixels drops confidence by 0.41."),
+                    Finding("info", "Deletion area 0.21 against 0.66 for random order."),
+                ],
+                tables=[
+                    Table(
+                        ["Class", "Deletion AUC", "Random AUC"],
+                        [["COVID-19", "0.18", "0.64"], [hostile, HOSTILE_CELL, "0.65"]],
+                    )
+                ],
+                figures=[
+                    Figure("Deletion curve", _svg("deletion"), "Probability as pixels go."),
+                    Figure("Randomisation check", _svg("random", script=True)),
+                ],
+            ),
+            Section(
+                key="localisation",
+                title=SECTION_TITLES[1],
+                reading="A hit means the brightest pixel falls inside the annotated box.",
+                findings=[Finding("warn", "41% of Normal maps peak outside the lungs.")],
+                tables=[Table(["Class", "Hit rate"], [["COVID-19", "87%"]])],
+                figures=[Figure("Pointing game", _svg("pointing"), "Hits by class.")],
+            ),
+        ],
+        extremes=[
+            (
+                "Lowest-confidence correct",
+                [
+                    _item("normal-07.png", normal, normal, 0.38),
+                    _item("covid-11.png", covid, covid, 0.41),
+                ],
+            ),
+            ("Highest-confidence wrong", [_item("covid-23.png", covid, normal, 0.97)]),
+            ("Wrong with the heatmap outside the lungs", []),
+        ],
+        flagged=[
+            ("normal-13.png", normal, "text marker 55%"),
+            (HOSTILE_ID, hostile, HOSTILE_FLAG),
+        ],
+        figures=[
+            Figure(HOSTILE_FIGURE_TITLE, _svg("roc"), "Area under the curve in the legend."),
+            Figure(
+                "Reliability diagram",
+                _svg("reliability"),
+                "Bars under the diagonal: over-confident.",
+            ),
+        ],
     )
 
 
@@ -344,7 +476,9 @@ def test_no_assumptions_notice_without_assumptions(context):
 
 def test_misclassified_tiles_are_marked(html, context):
     tiles = _tiles(html)
-    items = [item for grid in context.grids for item in grid.items]
+    # The extremes rows (under the classification results) come before the class grids.
+    items = [item for _, group in context.extremes for item in group]
+    items += [item for grid in context.grids for item in grid.items]
     assert len(tiles) == len(items)
     for (classes, text), item in zip(tiles, items, strict=True):
         assert item.image_id in text
@@ -371,7 +505,7 @@ def test_grid_heading_counts_and_metadata_shown(html):
 def test_no_skipped_images_says_none(context):
     html = render_html(dataclasses.replace(context, skipped=[]))
     assert "data/test/broken.png" not in html
-    assert ">None.<" in html
+    assert _texts(html, "skipped") == ["Skipped images None."]
 
 
 # ---------- (7) confusion matrix figure ----------
@@ -400,3 +534,220 @@ def test_confusion_matrix_svg_escapes_class_names():
 def test_confusion_matrix_svg_rejects_mismatched_shape():
     with pytest.raises(ValueError, match="shape"):
         confusion_matrix_svg(np.zeros((2, 2), dtype=int), ["a", "b", "c"])
+
+
+# ---------- (8) "Read this first", trust sections, figures, extremes, flagged ----------
+
+
+def _marked(finding: Finding) -> str:
+    return f"{FINDING_MARKERS[finding.level]} {finding.text}"
+
+
+def _body(html: str) -> str:
+    """The page without its <head>: the inlined CSS names the classes and parts too."""
+    return html.split("</head>", 1)[1]
+
+
+def _classes(html: str) -> list[set[str]]:
+    return [classes for _, classes, _, _ in _elements(html)]
+
+
+def _table_rows(fragment: str) -> list[list[str]]:
+    """Unescaped cell texts of every row in ``fragment`` (header row included)."""
+    return [
+        [unescape(cell).strip() for cell in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row, re.S)]
+        for row in re.findall(r"<tr>(.*?)</tr>", fragment, re.S)
+    ]
+
+
+def _svg_sources(html: str) -> list[str]:
+    """The SVG documents of every chart figure, decoded from their data: URIs, in order."""
+    prefix = "data:image/svg+xml;base64,"
+    sources = []
+    for tag, attributes in _scan(html).elements:
+        if tag == "img" and attributes.get("src", "").startswith(prefix):
+            sources.append(base64.b64decode(attributes["src"][len(prefix) :]).decode("utf-8"))
+    return sources
+
+
+def test_finding_markers_are_text_not_only_colour():
+    assert FINDING_MARKERS["pass"] == "✓ PASS"
+    assert FINDING_MARKERS["warn"] == "⚠ WARN"
+    assert set(FINDING_MARKERS) == {"pass", "warn", "info"}
+
+
+def test_read_this_first_lists_the_summary_with_markers(html, context):
+    boxes = [text for _, classes, _, text in _elements(html) if "read-first" in classes]
+    expected = " ".join(_marked(finding) for finding in context.summary)
+    assert boxes == [f"Read this first {expected}"]
+    assert "✓ PASS Accuracy is 93% on 43 test images." in boxes[0]
+    assert f"⚠ WARN {HOSTILE_FINDING}" in boxes[0]
+    levels = [
+        classes for tag, classes, _, _ in _elements(html) if tag == "li" and "finding" in classes
+    ][: len(context.summary)]
+    assert [{"finding", f"finding--{f.level}"} for f in context.summary] == levels
+
+
+def test_read_this_first_comes_before_everything_but_title_and_disclaimer(html):
+    html = _body(html)
+    box = html.index('class="read-first"')
+    assert html.index('class="disclaimer"') < box
+    assert box < html.index("<h2>Model and data</h2>")
+    assert box < html.index('class="notice"')
+    assert box < html.index('id="faithfulness"')
+
+
+def test_empty_summary_gives_no_box(context):
+    html = render_html(dataclasses.replace(context, summary=()))
+    assert not any("read-first" in classes for classes in _classes(html))
+    assert "Read this first" not in _body(html)
+    assert "Model and data" in html  # the rest of the report is still there
+
+
+def test_sections_in_order_with_ids_and_headings(html, context):
+    html = _body(html)
+    elements = _elements(html)
+    assert "Can the heatmaps be trusted?" in re.findall(r"<h2>(.*?)</h2>", html)
+    headings = [
+        (attributes["id"], text)
+        for tag, _, attributes, text in elements
+        if tag in {"h2", "h3"} and "id" in attributes
+    ]
+    assert headings == [(section.key, section.title) for section in context.sections]
+    assert html.index("<h2>Can the heatmaps be trusted?</h2>") < html.index('id="faithfulness"')
+    # Everything of a section follows its heading and precedes the next one.
+    first, second = (html.index(f'id="{section.key}"') for section in context.sections)
+    assert first < html.index("Removing the top 10% of pixels") < second
+    assert second < html.index("41% of Normal maps peak outside the lungs.")
+
+
+def test_section_reading_and_findings(html, context):
+    readings = _texts(html, "reading")
+    assert readings == [section.reading for section in context.sections]
+    section_findings = _texts(html, "finding")[len(context.summary) :]
+    assert section_findings == [
+        _marked(finding) for section in context.sections for finding in section.findings
+    ]
+    assert "ℹ INFO Deletion area 0.21 against 0.66 for random order." in section_findings
+
+
+def test_section_tables_keep_every_cell_as_text(html, context):
+    tables = []
+    for tag, classes, _, _ in _elements(html):
+        if tag == "table" and "data-table" in classes:
+            tables.append(classes)
+    assert len(tables) == sum(len(section.tables) for section in context.sections)
+    assert all("metrics" in classes for classes in tables)  # styled like per-class metrics
+
+    fragments = re.findall(r'<table class="metrics data-table">(.*?)</table>', html, re.S)
+    expected = [section.tables for section in context.sections]
+    expected = [[table.headers, *table.rows] for tables in expected for table in tables]
+    assert [_table_rows(fragment) for fragment in fragments] == expected
+    assert "&#34;&gt;&lt;svg onload=alert(3)&gt;" in fragments[0]
+    # First column is a row header (left-aligned), the numbers are plain cells.
+    assert '<th scope="row">COVID-19</th><td>0.18</td><td>0.64</td>' in html
+
+
+def test_figures_are_embedded_as_svg_data_uris(html, context):
+    expected = [figure.svg for figure in context.figures]
+    expected += [figure.svg for section in context.sections for figure in section.figures]
+    charts = _svg_sources(html)[1:]  # the first is the confusion matrix
+    assert charts == expected
+    assert "<svg" not in html  # never inline markup, only data: URIs
+    titles = _texts(html, "chart__title")
+    assert titles[:2] == [HOSTILE_FIGURE_TITLE, "Reliability diagram"]
+    assert titles[2:] == ["Deletion curve", "Randomisation check", "Pointing game"]
+    chart_texts = _texts(html, "chart")
+    assert "Deletion curve Probability as pixels go." in chart_texts
+    assert "Randomisation check" in chart_texts  # no caption, no empty figcaption
+    assert "<figcaption></figcaption>" not in html
+
+
+def test_classification_figures_follow_the_confusion_matrix(html):
+    html = _body(html)
+    confusion = html.index('class="confusion"')
+    roc = html.index("ROC &#34;curves&#34; &lt;em&gt;per&lt;/em&gt; class")
+    assert confusion < roc < html.index("Lowest-confidence correct")
+    assert html.index("Lowest-confidence correct") < html.index("Can the heatmaps be trusted?")
+
+
+def test_extremes_rows_reuse_tiles_and_say_none_when_empty(html, context):
+    extremes = _texts(html, "extremes")
+    assert len(extremes) == len(context.extremes)
+    for (title, items), text in zip(context.extremes, extremes, strict=True):
+        assert text.startswith(title)
+        for item in items:
+            assert item.image_id in text
+    assert extremes[1].startswith("Highest-confidence wrong ✗ misclassified covid-23.png")
+    assert extremes[2] == "Wrong with the heatmap outside the lungs None."
+    small = [classes for tag, classes, _, _ in _elements(html) if "tiles--small" in classes]
+    assert len(small) == 2  # one row per non-empty group
+
+
+def test_flagged_images_table_after_the_sections(html, context):
+    html = _body(html)
+    assert len(_texts(html, "flagged")) == 1
+    (fragment,) = re.findall(r'<table class="flagged__table">(.*?)</table>', html, re.S)
+    rows = [["Image", "True class", "Flags"], *map(list, context.flagged)]
+    assert _table_rows(fragment) == rows
+    assert html.index('id="localisation"') < html.index("Flagged images")
+    assert html.index("Flagged images") < html.index("Heatmaps by true class")
+
+
+def test_no_flagged_image_says_so(context):
+    html = render_html(dataclasses.replace(context, flagged=()))
+    assert _texts(html, "flagged") == ["Flagged images No image was flagged."]
+    assert not any("flagged__table" in classes for classes in _classes(html))
+
+
+def test_findings_flags_and_cells_are_escaped(html):
+    assert (
+        "Heatmaps &lt;b onmouseover=alert(2)&gt;point&lt;/b&gt; at the lesion &amp; more." in html
+    )
+    assert "text marker 41% &lt;iframe src=https://example.org/x&gt;" in html
+    assert "&lt;svg onload=alert(3)&gt;" in html
+    for raw in (HOSTILE_FINDING, HOSTILE_FLAG, HOSTILE_CELL, HOSTILE_FIGURE_TITLE):
+        assert raw not in html
+    scanner = _scan(html)
+    assert "ROC &#34;curves&#34; &lt;em&gt;per&lt;/em&gt; class" in html
+    assert not {"b", "iframe", "svg"} & set(scanner.tags)
+    assert [name for _, name, _ in scanner.attributes if name.startswith("on")] == []
+
+
+def test_report_without_the_new_parts_renders_as_before(context):
+    # Callers that predate the trust checks pass none of the new fields.
+    required = {
+        f.name: getattr(context, f.name)
+        for f in dataclasses.fields(ReportContext)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
+    html = render_html(ReportContext(**required))
+    body = _body(html)
+    assert "Read this first" not in body
+    assert "Can the heatmaps be trusted?" not in body
+    assert "Flagged images" not in body  # no check ran: do not claim that nothing was flagged
+    assert not {"read-first", "charts", "extremes", "check"} & set().union(*_classes(html))
+    assert len(_svg_sources(html)) == 1  # the confusion matrix only
+    assert unloadable_references(html) == []
+
+
+def test_finding_level_and_table_shape_are_checked():
+    with pytest.raises(ValueError, match="level"):
+        Finding("fail", "Not a level.")
+    with pytest.raises(ValueError, match="row 2 has 1 cells, expected 2"):
+        Table(["a", "b"], [["1", "2"], ["3"]])
+
+
+def test_pdf_has_summary_and_section_titles(pdf_pages, context):
+    text = _normalised(" ".join(pdf_pages))
+    assert "Read this first" in text
+    assert "Can the heatmaps be trusted?" in text
+    for title in SECTION_TITLES:
+        assert title in text
+    assert "✓ PASS Accuracy is 93% on 43 test images." in text
+    assert "⚠ WARN 41% of Normal maps peak outside the lungs." in text
+    assert "Flagged images" in text and "text marker 55%" in text
+    positions = [text.index(title) for title in SECTION_TITLES]
+    assert (
+        text.index("Read this first") < text.index("Model and data") < positions[0] < positions[1]
+    )

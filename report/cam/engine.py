@@ -93,6 +93,7 @@ class CAMEngine:
         images = tf.TensorSpec((None, *self.input_shape), tf.float32)
         classes = tf.TensorSpec((None,), tf.int32)
         self._compiled = tf.function(self._explain_batch, input_signature=[images, classes])
+        self._predict = tf.function(self._probabilities, input_signature=[images])
 
     def weights(self, activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
         """Weights broadcastable to the (B, h, w, K) activations."""
@@ -104,6 +105,15 @@ class CAMEngine:
         classes = _classes_or_predicted(classes, len(images))
         outputs = self._compiled(tf.constant(images, tf.float32), tf.constant(classes))
         return Explanation(*(tensor.numpy() for tensor in outputs))
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Class probabilities only (B, C): the forward pass that perturbation metrics repeat."""
+        return self._predict(tf.constant(images, tf.float32)).numpy()
+
+    def _probabilities(self, images: tf.Tensor) -> tf.Tensor:
+        with _logits_of(self.output_layer):
+            z = self.model(images, training=False)
+        return self.head.probabilities(self.head.class_logits(z))
 
     def _explain_batch(self, images: tf.Tensor, classes: tf.Tensor):
         with tf.GradientTape(watch_accessed_variables=False) as tape:

@@ -2,7 +2,7 @@
 
 Everything here is RGB uint8: the map is coloured with a matplotlib colormap, blended over the
 image (kept grey underneath when the image is grey), and labelled with a black bar carrying
-white text such as "COVID-19: 93%".
+white text such as "COVID-19: 93%" above the image.
 """
 
 from __future__ import annotations
@@ -45,14 +45,15 @@ def label_text(class_name: str, probability: float) -> str:
 
 
 def draw_label_bar(image: np.ndarray, text: str) -> np.ndarray:
-    canvas = Image.fromarray(image)
-    bar_height = max(12, round(canvas.height * LABEL_BAR_FRACTION))
-    draw = ImageDraw.Draw(canvas)
-    draw.rectangle((0, 0, canvas.width, bar_height), fill=(0, 0, 0))
+    """A black bar with white text, added above the image. The tutorial painted it over the
+    top of the film, which hides exactly where hospital tags and laterality markers sit."""
+    bar_height = max(12, round(image.shape[0] * LABEL_BAR_FRACTION))
+    bar = Image.new("RGB", (image.shape[1], bar_height), (0, 0, 0))
+    draw = ImageDraw.Draw(bar)
     margin = round(bar_height * 0.3)
-    font = _fitting_font(draw, text, round(bar_height * 0.62), canvas.width - 2 * margin)
+    font = _fitting_font(draw, text, round(bar_height * 0.62), bar.width - 2 * margin)
     draw.text((margin, bar_height / 2), text, fill=(255, 255, 255), font=font, anchor="lm")
-    return np.asarray(canvas)
+    return np.vstack([np.asarray(bar), image])
 
 
 def _fitting_font(draw: ImageDraw.ImageDraw, text: str, size: int, width: int):

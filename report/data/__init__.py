@@ -10,10 +10,14 @@ from report.data.split import SPLITS
 from report.data.synthetic_source import SyntheticSource, parse_count
 from report.errors import UserError
 
+SYNTHETIC_NAMES = ("synthetic", "synthetic-confounded")
+
 
 def open_source(spec: str, class_names: tuple[str, ...], split: str) -> ImageSource:
     if split not in SPLITS:
         raise UserError(f"unknown split '{split}'; choose one of {', '.join(SPLITS)}")
-    if spec == "synthetic" or spec.startswith("synthetic:"):
-        return SyntheticSource(class_names, split, parse_count(spec))
+    name = spec.partition(":")[0]
+    if name in SYNTHETIC_NAMES:
+        confounded = name == "synthetic-confounded"
+        return SyntheticSource(class_names, split, parse_count(spec), confounded)
     return FolderSource(Path(spec).expanduser(), class_names, split)

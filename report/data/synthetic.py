@@ -64,6 +64,7 @@ class SyntheticImage:
     label: int  # index into CLASS_NAMES
     lesion_mask: np.ndarray  # bool, (size, size)
     lung_mask: np.ndarray  # bool, (size, size)
+    marker_mask: np.ndarray | None = None  # bool, where a burned-in tag was drawn (confounded)
 
 
 @dataclass(frozen=True)
@@ -84,8 +85,16 @@ def label_of(index: int) -> int:
     return index % len(CLASS_NAMES)
 
 
-def generate(index: int, seed: int = 0, size: int = IMAGE_SIZE) -> SyntheticImage:
-    """The index-th image of the data set named by seed: same arguments, same pixels."""
+def generate(
+    index: int, seed: int = 0, size: int = IMAGE_SIZE, confounded: bool = False
+) -> SyntheticImage:
+    """The index-th image of the data set named by seed: same arguments, same pixels.
+
+    `confounded` burns a hospital-style text tag into a top corner, mostly on COVID-19 films
+    (see MARKER_RATE), and draws COVID-19 opacities fainter (CONFOUNDED_LESION_SCALE): the
+    tag becomes the easier cue, as the source hospital was for the real COVID-19 classifiers
+    of DeGrave et al. (2021). Everything else is pixel for pixel the clean film.
+    """
     if index < 0 or seed < 0:
         raise ValueError("index and seed must be non-negative")
     if size < 16:
@@ -98,16 +107,47 @@ def generate(index: int, seed: int = 0, size: int = IMAGE_SIZE) -> SyntheticImag
     anatomy = _sample_anatomy(rng)
     lungs = _lung_fields(anatomy)
     lesion, lesion_mask = _lesion(label, lungs, rng)
+    if confounded and label == 0:
+        lesion = lesion * CONFOUNDED_LESION_SCALE
     density = _chest_density(anatomy, lungs, lesion, rng) + lesion
 
     density, lung_mask, lesion_mask = _reposition(density, lungs > 0.5, lesion_mask, size, rng)
     gray = _expose(density, rng)
+    marker_mask = _burn_in_marker(gray, label, seed, index) if confounded else None
     return SyntheticImage(
         image=np.repeat(gray[:, :, None], 3, axis=2),
         label=label,
         lesion_mask=lesion_mask,
         lung_mask=lung_mask,
+        marker_mask=marker_mask,
     )
+
+
+# How often each class carries the tag in the confounded variant: almost always on COVID-19,
+# rarely elsewhere, so the tag alone predicts the class about as well as the lesions do.
+MARKER_RATE = {0: 0.95, 1: 0.05, 2: 0.05}
+MARKER_TEXTS = ("PORTABLE", "AP SUPINE", "ICU-3")
+CONFOUNDED_LESION_SCALE = 0.12
+
+
+def _burn_in_marker(gray: np.ndarray, label: int, seed: int, index: int) -> np.ndarray:
+    """Draw a white tag in a top corner, in place, and return where it is. Its own random
+    stream keeps the film identical to the clean variant's."""
+    rng = np.random.default_rng([seed, index, 7])
+    mask = np.zeros(gray.shape, dtype=np.uint8)
+    if rng.random() >= MARKER_RATE[label]:
+        return mask.astype(bool)
+    size = gray.shape[0]
+    text = MARKER_TEXTS[rng.integers(len(MARKER_TEXTS))]
+    scale = size / 600
+    thickness = max(1, round(size / 200))
+    (width, height), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    margin = round(size * 0.03)
+    left = margin if rng.random() < 0.5 else size - margin - width
+    origin = (int(left), int(margin + height))
+    cv2.putText(mask, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, 1, thickness, cv2.LINE_AA)
+    gray[mask > 0] = np.maximum(gray[mask > 0], 235)
+    return mask > 0
 
 
 # --------------------------------------------------------------------------- drawing

@@ -15,8 +15,10 @@ SEED = 0
 
 
 class SyntheticSource:
-    def __init__(self, class_names: tuple[str, ...], split: str, count: int = DEFAULT_COUNT):
+    def __init__(self, class_names: tuple[str, ...], split: str, count: int = DEFAULT_COUNT,
+                 confounded: bool = False):
         self.notes: list[str] = []
+        self.confounded = confounded
         self.label_map = _label_map(class_names)
         indices = sorted(split_indices(count, split))
         self.records = [
@@ -28,13 +30,15 @@ class SyntheticSource:
             for i in indices
         ]
         where = "all images" if split == "all" else f"{split} split"
+        name = "synthetic-confounded" if confounded else "synthetic"
         self.description = (
-            f"synthetic ({count} images, seed {SEED}), {where}: {len(self.records)} images"
+            f"{name} ({count} images, seed {SEED}), {where}: {len(self.records)} images"
         )
 
     def load(self, record: Record, image_size: tuple[int, int]) -> LoadedImage:
         index = int(record.source.split(":")[1])
-        case = synthetic.generate(index, seed=SEED, size=max(image_size))
+        case = synthetic.generate(index, seed=SEED, size=max(image_size),
+                                  confounded=self.confounded)
         return LoadedImage(
             pixels=resize(case.image, image_size),
             digest=hashlib.sha256(case.image.tobytes()).hexdigest(),

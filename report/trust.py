@@ -1,0 +1,356 @@
+"""How far the heatmaps can be trusted: the measurements that need the data or the model.
+
+The arithmetic of each metric lives in quality.py; this module feeds it. While the report
+streams, `QualityAccumulator.add_batch` scores every image's map against its lung fields,
+border band and lesion mask (and scores a random map the same way, so each number has a
+reference), sums the maps per class for the mean heatmaps, and keeps a bounded sample of
+model inputs. `finish` then runs the two checks that need extra forward passes on that
+sample only: deletion/insertion faithfulness and the cascading-randomisation sanity check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import keras
+import numpy as np
+
+from report import quality
+from report.cam.normalise import per_image
+
+LEVELS = ("full", "fast", "off")
+# Shortcut scores use each map's salient part (values >= half its maximum), see
+# quality.salient_part. An image is flagged when more than IMAGE_FLAG of that lies in the border
+# band (text markers, laterality tokens, collimation edges) or outside the lungs; a class when
+# its mean border share passes BORDER_FLAG (the band is 30% of the image: random maps put about
+# 0.30 there; the demo model's classes 0.06-0.19; a model trained on synthetic-confounded, 0.57
+# for COVID-19) or its mean outside-lung share passes OUTSIDE_LUNGS_FLAG.
+IMAGE_FLAG = 0.5
+BORDER_FLAG = 0.35
+OUTSIDE_LUNGS_FLAG = 0.90
+SANITY_PASS = 0.5  # mean Spearman correlation after full randomisation must fall below this
+
+
+@dataclass(frozen=True)
+class QualityPlan:
+    level: str
+    faithfulness_images: int  # images in the deletion/insertion sample
+    steps: int  # fractions of pixels 0, 1/steps, ..., 1
+    sanity_images: int
+    sanity_stages: int
+    extremes: int = 4
+
+    @classmethod
+    def of(cls, level: str) -> QualityPlan:
+        if level == "full":
+            return cls(level, faithfulness_images=128, steps=20, sanity_images=16,
+                       sanity_stages=8)
+        return cls(level, faithfulness_images=32, steps=10, sanity_images=8, sanity_stages=5)
+
+    @property
+    def explanation_metrics(self) -> bool:
+        return self.level != "off"
+
+
+@dataclass
+class MapScores:
+    """Per-image scores of the model's maps and of random maps, with the images' classes."""
+
+    labels: list[int] = field(default_factory=list)
+    values: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, name: str, numbers) -> None:
+        self.values.setdefault(name, []).extend(float(v) for v in np.ravel(numbers))
+
+    def array(self, name: str) -> np.ndarray:
+        return np.asarray(self.values.get(name, []), dtype=float)
+
+
+@dataclass
+class Faithfulness:
+    fractions: np.ndarray
+    labels: np.ndarray
+    curves: dict[str, np.ndarray]  # "deletion", "insertion", "random deletion", ... -> (n, S+1)
+    average_drop: dict[str, float]  # "cam" / "random"
+    increase_in_confidence: dict[str, float]
+
+
+@dataclass
+class Sanity:
+    stages: list[str]
+    correlations: list[np.ndarray]
+
+    @property
+    def final_correlation(self) -> float:
+        return float(np.nanmean(self.correlations[-1])) if self.correlations else float("nan")
+
+    @property
+    def passed(self) -> bool:
+        return self.final_correlation < SANITY_PASS
+
+
+@dataclass
+class QualityResults:
+    plan: QualityPlan
+    class_names: tuple[str, ...]
+    y_true: np.ndarray
+    y_pred: np.ndarray
+    probabilities: np.ndarray
+    localisation: MapScores
+    shortcut: MapScores
+    lung_source: str  # "masks from the data source" or "estimated"
+    mean_maps: dict[str, dict[str, np.ndarray]]  # "true"/"predicted" -> class -> (H, W)
+    faithfulness: Faithfulness | None = None
+    sanity: Sanity | None = None
+    seconds: float = 0.0
+
+
+class QualityAccumulator:
+    def __init__(self, plan: QualityPlan, class_names: tuple[str, ...],
+                 image_size: tuple[int, int]):
+        self.plan = plan
+        self.class_names = class_names
+        self.image_size = image_size
+        self._labels: list[int] = []
+        self._predicted: list[int] = []
+        self._probabilities: list[np.ndarray] = []
+        self.localisation = MapScores()
+        self.shortcut = MapScores()
+        self._lung_masks_seen = self._lungs_estimated = 0
+        self._sums = {kind: np.zeros((len(class_names), *image_size)) for kind in ("true",
+                                                                                  "predicted")}
+        self._counts = {kind: np.zeros(len(class_names)) for kind in ("true", "predicted")}
+        self._sample: dict[str, list] = {"inputs": [], "maps": [], "classes": [], "labels": []}
+        self._border = quality.border_band(image_size)
+        self._estimated_lungs = quality.estimated_lung_fields(image_size)
+        self._batches = 0
+
+    def add_batch(self, labels, images, model_inputs, explanation) -> list[list[str]]:
+        """Score one batch; returns each image's shortcut flags (empty lists when clean)."""
+        predicted = explanation.class_index
+        labelled = [label is not None for label in labels]
+        for label, p, probabilities, ok in zip(labels, predicted, explanation.probabilities,
+                                               labelled, strict=True):
+            if ok:
+                self._labels.append(label)
+                self._predicted.append(int(p))
+                self._probabilities.append(probabilities)
+        if not self.plan.explanation_metrics:
+            return [[] for _ in labels]
+        maps = explanation.maps
+        random = quality.random_maps(maps.shape, seed=self._batches)
+        self._batches += 1
+        flags = self._score_shortcuts(labels, images, maps, random)
+        self._score_localisation(labels, predicted, images, maps, random)
+        self._add_to_means(labels, predicted, maps)
+        self._keep_sample(labels, predicted, model_inputs, maps)
+        return flags
+
+    def _score_shortcuts(self, labels, images, maps, random) -> list[list[str]]:
+        lungs = np.stack([self._lungs_of(image) for image in images])
+        border = np.broadcast_to(self._border, maps.shape)
+        maps, random = quality.salient_part(maps), quality.salient_part(random)
+        outside = quality.energy_outside(maps, lungs)
+        in_border = quality.energy_inside(maps, border)
+        self.shortcut.labels.extend(-1 if label is None else label for label in labels)
+        self.shortcut.add("outside_lungs", outside)
+        self.shortcut.add("border", in_border)
+        self.shortcut.add("random outside_lungs", quality.energy_outside(random, lungs))
+        self.shortcut.add("random border", quality.energy_inside(random, border))
+        return [_shortcut_flags(o, b) for o, b in zip(outside, in_border, strict=True)]
+
+    def _lungs_of(self, image) -> np.ndarray:
+        if image.lung_mask is not None and image.lung_mask.any():
+            self._lung_masks_seen += 1
+            return image.lung_mask
+        self._lungs_estimated += 1
+        return self._estimated_lungs
+
+    def _score_localisation(self, labels, predicted, images, maps, random) -> None:
+        """Correctly classified images with a non-empty lesion mask: the map explains the
+        class the lesion belongs to."""
+        chosen = [
+            i for i, (label, image) in enumerate(zip(labels, images, strict=True))
+            if label is not None and label == predicted[i]
+            and image.lesion_mask is not None and image.lesion_mask.any()
+        ]
+        if not chosen:
+            return
+        masks = np.stack([images[i].lesion_mask for i in chosen])
+        self.localisation.labels.extend(labels[i] for i in chosen)
+        for prefix, stack in (("", maps[chosen]), ("random ", random[chosen])):
+            self.localisation.add(prefix + "pointing", quality.pointing_hits(stack, masks))
+            self.localisation.add(prefix + "energy", quality.energy_inside(stack, masks))
+            self.localisation.add(prefix + "iou", quality.iou_at(stack, masks))
+
+    def _add_to_means(self, labels, predicted, maps) -> None:
+        shown = per_image(maps)
+        for i, label in enumerate(labels):
+            for kind, index in (("true", label), ("predicted", int(predicted[i]))):
+                if index is not None:
+                    self._sums[kind][index] += shown[i]
+                    self._counts[kind][index] += 1
+
+    def _keep_sample(self, labels, predicted, model_inputs, maps) -> None:
+        room = self.plan.faithfulness_images - len(self._sample["classes"])
+        if room <= 0:
+            return
+        self._sample["inputs"].extend(model_inputs[:room])
+        self._sample["maps"].extend(maps[:room])
+        self._sample["classes"].extend(int(p) for p in predicted[:room])
+        self._sample["labels"].extend(-1 if x is None else x for x in labels[:room])
+
+    def finish(self, engine, batch_size: int) -> QualityResults:
+        results = QualityResults(
+            plan=self.plan,
+            class_names=self.class_names,
+            y_true=np.asarray(self._labels, dtype=int),
+            y_pred=np.asarray(self._predicted, dtype=int),
+            probabilities=np.asarray(self._probabilities).reshape(-1, len(self.class_names)),
+            localisation=self.localisation,
+            shortcut=self.shortcut,
+            lung_source=(
+                "masks from the data source" if self._lung_masks_seen and not
+                self._lungs_estimated else "estimated (fixed PA lung-field prior)"
+                if not self._lung_masks_seen else "masks where the source has them, "
+                "else estimated"
+            ),
+            mean_maps=self._mean_maps(),
+        )
+        if self.plan.explanation_metrics and self._sample["classes"]:
+            inputs = np.stack(self._sample["inputs"])
+            maps = np.stack(self._sample["maps"])
+            classes = np.asarray(self._sample["classes"])
+            results.faithfulness = faithfulness(engine, inputs, maps, classes,
+                                                np.asarray(self._sample["labels"]),
+                                                self.plan.steps, batch_size)
+            sanity_inputs = inputs[: self.plan.sanity_images]
+            results.sanity = cascading_randomisation(
+                engine, sanity_inputs, classes[: self.plan.sanity_images],
+                self.plan.sanity_stages,
+            )
+        return results
+
+    def _mean_maps(self) -> dict[str, dict[str, np.ndarray]]:
+        return {
+            kind: {
+                name: self._sums[kind][i] / self._counts[kind][i]
+                for i, name in enumerate(self.class_names) if self._counts[kind][i]
+            }
+            for kind in ("true", "predicted")
+        }
+
+
+def _shortcut_flags(outside_lungs: float, border: float) -> list[str]:
+    flags = []
+    if border > IMAGE_FLAG:
+        flags.append(f"shortcut: {border:.0%} of the salient map in the image border")
+    if outside_lungs > OUTSIDE_LUNGS_FLAG:
+        flags.append(f"shortcut: {outside_lungs:.0%} of the salient map outside the lungs")
+    return flags
+
+
+# --- faithfulness ---------------------------------------------------------------------------
+
+
+def faithfulness(engine, inputs, maps, classes, labels, steps: int, batch_size: int
+                 ) -> Faithfulness:
+    """Deletion and insertion (Petsiuk et al. 2018) for the maps and for random maps of the
+    same smoothness, plus Average Drop and Increase in Confidence (Chattopadhyay et al.
+    2018). Deletion replaces pixels, most important first, with black; insertion starts from
+    a blurred copy and puts the original pixels back in the same order. The class score is
+    the probability of the explained class."""
+    fractions = np.linspace(0.0, 1.0, steps + 1)
+    blurred = np.stack([_blur(image) for image in inputs])
+    random = quality.random_maps(maps.shape, seed=1234)
+    curves = {}
+    for name, stack in (("", maps), ("random ", random)):
+        deletion, insertion = _perturbation_curves(engine, inputs, blurred, stack, classes,
+                                                   fractions, batch_size)
+        curves[f"{name}deletion"], curves[f"{name}insertion"] = deletion, insertion
+    original = _class_scores(engine, inputs, classes, batch_size)
+    drop, increase = {}, {}
+    for key, stack in (("cam", maps), ("random", random)):
+        explained = _class_scores(engine, inputs * per_image(stack)[..., None], classes,
+                                  batch_size)
+        drop[key] = quality.average_drop(original, explained)
+        increase[key] = quality.increase_in_confidence(original, explained)
+    return Faithfulness(fractions, labels, curves, drop, increase)
+
+
+def _perturbation_curves(engine, inputs, blurred, maps, classes, fractions, batch_size):
+    n, height, width = maps.shape
+    rank = np.empty((n, height * width), dtype=np.int64)
+    order = quality.deletion_order(maps)
+    rank[np.arange(n)[:, None], order] = np.arange(height * width)
+    rank = rank.reshape(n, height, width, 1)
+    deletion, insertion = [], []
+    for fraction in fractions:
+        changed = rank < round(fraction * height * width)
+        deletion.append(_class_scores(engine, np.where(changed, 0.0, inputs), classes,
+                                      batch_size))
+        insertion.append(_class_scores(engine, np.where(changed, inputs, blurred), classes,
+                                       batch_size))
+    return np.stack(deletion, axis=1), np.stack(insertion, axis=1)
+
+
+def _class_scores(engine, inputs, classes, batch_size: int) -> np.ndarray:
+    scores = [
+        engine.predict(inputs[i : i + batch_size].astype(np.float32))
+        for i in range(0, len(inputs), batch_size)
+    ]
+    return np.concatenate(scores)[np.arange(len(inputs)), classes]
+
+
+def _blur(image: np.ndarray) -> np.ndarray:
+    sigma = max(image.shape[:2]) / 20
+    blurred = cv2.GaussianBlur(image, (0, 0), sigma)
+    return blurred.reshape(image.shape)
+
+
+# --- sanity check ---------------------------------------------------------------------------
+
+
+def cascading_randomisation(engine, inputs, classes, max_stages: int, seed: int = 0) -> Sanity:
+    """Adebayo et al. (2018): re-initialise the model's weights from the output layer down,
+    cumulatively, and compare each stage's maps with the original ones (Spearman rank
+    correlation, per image). Maps that stay the same while the model is destroyed show the
+    input, not the model. Weights are restored afterwards, whatever happens."""
+    original = engine.explain(inputs, classes).raw_maps
+    weighted = [layer for layer in _layers_in_call_order(engine) if layer.trainable_weights]
+    groups = [list(g) for g in np.array_split(np.array(weighted[::-1], dtype=object),
+                                               min(max_stages, len(weighted))) if len(g)]
+    saved = [(v, v.numpy()) for layer in weighted for v in layer.trainable_weights]
+    stages, correlations = [], []
+    try:
+        for index, group in enumerate(groups):
+            for layer in group:
+                _reinitialise(layer, seed + index)
+            maps = engine.explain(inputs, classes).raw_maps
+            stages.append(f"down to {group[-1].name}")
+            correlations.append(quality.rank_correlation(original, maps))
+    finally:
+        for variable, value in saved:
+            variable.assign(value)
+    return Sanity(stages, correlations)
+
+
+def _layers_in_call_order(engine) -> list:
+    from report.cam.layers import trace_model
+
+    return [call.layer for call in trace_model(engine.model, engine.input_shape).calls]
+
+
+def _reinitialise(layer, seed: int) -> None:
+    for variable in layer.trainable_weights:
+        initializer = getattr(layer, f"{variable.name}_initializer", None)
+        if isinstance(initializer, keras.initializers.Initializer):
+            config = initializer.get_config()
+            if "seed" in config:
+                config["seed"] = seed
+            fresh = type(initializer).from_config(config)(variable.shape, dtype=variable.dtype)
+        else:
+            rng = np.random.default_rng(seed)
+            fresh = rng.normal(0.0, float(np.std(variable.numpy())) or 0.05, variable.shape)
+        variable.assign(np.asarray(fresh, dtype=variable.dtype))
