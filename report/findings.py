@@ -189,11 +189,15 @@ def _shortcut_line(results: QualityResults, n_flagged: int) -> Finding:
     if not classes:
         return Finding("pass", f"No class puts more than {BORDER_FLAG:.0%} of its salient map in "
                        f"the image border or more than {OUTSIDE_LUNGS_FLAG:.0%} outside the "
-                       f"lungs ({n_flagged} single images flagged).")
+                       f"lungs ({_images(n_flagged)} flagged on their own).")
     named = "; ".join(f"{name}: {border:.0%} of its salient map in the border, {outside:.0%} "
                       "outside the lungs" for name, border, outside in classes)
     return Finding("warn", f"Possible shortcut — {named}. The model may read markers, text or "
-                   f"edges instead of the lungs ({n_flagged} images flagged; see the list).")
+                   f"edges instead of the lungs ({_images(n_flagged)} flagged; see the list).")
+
+
+def _images(n: int) -> str:
+    return f"{n} image" if n == 1 else f"{n} images"
 
 
 def sections(results: QualityResults, n_flagged: int) -> list[Section]:

@@ -25,7 +25,7 @@ def small_model(activation: str) -> keras.Model:
     keras.utils.set_random_seed(0)
     model = keras.Sequential([
         keras.Input((64, 64, 3)),
-        layers.Conv2D(8, 3, activation="relu"),
+        layers.Conv2D(8, 3, activation="relu", name="features"),
         layers.GlobalAveragePooling2D(),
         layers.Dense(3, activation=activation),
     ])
@@ -53,7 +53,7 @@ def test_multi_label_heads_get_a_map_for_every_class_above_threshold(tracking_st
         assert f"{row['image_id']}__OTHER_INFECTION.npy" not in names
     overlays = list((tmp_path / "overlays").rglob("*.png"))
     assert len(overlays) == 6
-    assert run.data.params["target_layer"] == "conv2d"
+    assert run.data.params["target_layer"] == "features"
 
 
 @pytest.mark.slow
