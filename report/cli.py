@@ -67,6 +67,10 @@ def _add_explain(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=0, help="explain at most N images; 0 = all")
     parser.add_argument("--quality", default="fast", choices=["full", "fast", "off"],
                         help="explanation-quality checks: fast samples 32 images, full 128")
+    parser.add_argument("--unsafe-deserialization", nargs="?", const="yes", default="no",
+                        choices=["yes", "no"],
+                        help="load models holding serialized Python code (Lambda layers); only "
+                             "for models whose author you trust")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,6 +126,7 @@ def _explain(args: argparse.Namespace) -> int:
         colormap=args.colormap,
         limit=args.limit,
         quality=args.quality,
+        unsafe_deserialization=args.unsafe_deserialization == "yes",
     )
     result = explain(settings)
     print(f"Model:     {result.model}")

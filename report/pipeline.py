@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -10,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from report import findings, render, tracking
@@ -29,6 +32,7 @@ from report.quality import classification_quality
 from report.trust import LEVELS, QualityAccumulator, QualityPlan
 
 GRID_IMAGES_PER_CLASS = 12
+CHARTED_OVERLAYS = 4  # per class, as MLflow image charts
 EXTREMES = 4
 MULTI_LABEL_THRESHOLD = 0.5
 
@@ -152,6 +156,7 @@ class ExplainSettings:
     colormap: str = "viridis"
     limit: int = 0
     quality: str = "fast"
+    unsafe_deserialization: bool = False
 
 
 @dataclass(frozen=True)
@@ -219,7 +224,8 @@ class _Collected:
 def explain(settings: ExplainSettings) -> ExplainResult:
     _check_explain_settings(settings)
     tracking.configure_store()
-    registered = tracking.load_registered_model(settings.model_uri)
+    registered = tracking.load_registered_model(settings.model_uri,
+                                                settings.unsafe_deserialization)
     metadata = registered.metadata
     source = open_source(settings.data, metadata.class_names, settings.split)
     records = source.records[: settings.limit] if settings.limit else source.records
@@ -229,44 +235,70 @@ def explain(settings: ExplainSettings) -> ExplainResult:
     engine = make_engine(settings.method, registered.model, layer, settings.score,
                          (*metadata.image_size, metadata.channels))
 
-    with tracking.start_run(run_name=f"report-{registered.name}-v{registered.version}") as run:
-        run_id = run.info.run_id
-        started = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="cxr-report-") as staging:
-            staging = Path(staging)
-            explainer = _Explainer(settings, metadata, engine)
-            with ArtifactWriter(staging, metadata.class_names, engine.target.name,
-                                metadata.image_size) as writer:
-                skipped = explainer.run(source, records, writer)
-            explained_seconds = time.perf_counter() - started
-            results = explainer.finish()
-            tracking.log_new_params(
-                _report_params(settings, registered, engine, source, explainer.fingerprint)
-            )
-            context, metrics = _report_context(
-                settings, registered, engine, source, explainer, results, skipped, run_id,
-                elapsed=time.perf_counter() - started,
-            )
-            metrics["time.explain_seconds"] = explained_seconds
-            metrics["time.quality_seconds"] = explainer.quality_seconds
-            html, pdf = render.write_report(context, REPORTS_DIR / run_id)
-            tracking.log_metrics(metrics)
-            tracking.log_artifacts(staging)
-            for figure in [*context.figures, *(f for s in context.sections for f in s.figures)]:
-                tracking.log_text(figure.svg, f"figures/{safe_id(figure.title.lower())}.svg")
-            tracking.log_artifact(html, "report")
-            tracking.log_artifact(pdf, "report")
-            tracking.set_note(_run_note(context))
+    with (
+        tracking.start_run(run_name=f"report-{registered.name}-v{registered.version}") as run,
+        tempfile.TemporaryDirectory(prefix="cxr-report-") as staging,
+    ):
+        try:
+            context, html, pdf = _explain_into_run(settings, registered, source, records,
+                                                   engine, Path(staging), run.info.run_id)
+        except BaseException as error:  # Ctrl-C too: the run says why and keeps what exists
+            # Best effort: a store that is itself the problem must not hide the first error.
+            with contextlib.suppress(Exception):
+                tracking.record_failure(error)
+                tracking.log_artifacts(Path(staging))
+            raise
     return ExplainResult(
-        run_id=run_id,
+        run_id=run.info.run_id,
         model=f"{registered.name} v{registered.version}"
         + (f" (@{registered.alias})" if registered.alias else ""),
         explained=context.n_images,
-        skipped=len(skipped),
+        skipped=len(context.skipped),
         accuracy=context.accuracy,
         html=html,
         pdf=pdf,
     )
+
+
+def _explain_into_run(settings, registered, source, records, engine, staging: Path,
+                      run_id: str):
+    """Stream, measure, render and log; the report files are written only once all of it
+    has succeeded, so a failed run leaves no half-written local report."""
+    metadata = registered.metadata
+    started = time.perf_counter()
+    explainer = _Explainer(settings, metadata, engine)
+    with ArtifactWriter(staging, metadata.class_names, engine.target.name,
+                        metadata.image_size) as writer:
+        skipped = explainer.run(source, records, writer)
+    explained_seconds = time.perf_counter() - started
+    results = explainer.finish()
+    tracking.log_new_params(
+        _report_params(settings, registered, engine, source, explainer.fingerprint)
+    )
+    context, metrics = _report_context(
+        settings, registered, engine, source, explainer, results, skipped, run_id,
+        elapsed=time.perf_counter() - started,
+    )
+    metrics["time.explain_seconds"] = explained_seconds
+    metrics["time.quality_seconds"] = explainer.quality_seconds
+    html, pdf = render.write_report(context, REPORTS_DIR / run_id)
+    tracking.log_metrics(metrics)
+    tracking.log_artifacts(staging)
+    for figure in [*context.figures, *(f for s in context.sections for f in s.figures)]:
+        tracking.log_text(figure.svg, f"figures/{safe_id(figure.title.lower())}.svg")
+    tracking.log_overlay_charts(
+        {grid.class_name: [_decode_png(item.png) for item in grid.items[:CHARTED_OVERLAYS]]
+         for grid in context.grids},
+        CHARTED_OVERLAYS,
+    )
+    tracking.log_artifact(html, "report")
+    tracking.log_artifact(pdf, "report")
+    tracking.set_note(_run_note(context))
+    return context, html, pdf
+
+
+def _decode_png(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
 
 
 def _report_context(settings, registered, engine, source, explainer, results, skipped,

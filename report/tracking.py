@@ -27,10 +27,40 @@ MODEL_REQUIREMENTS = ("mlflow", "tensorflow", "keras", "numpy")
 
 
 def configure_store() -> str:
-    """MLFLOW_TRACKING_URI wins; otherwise the project's own absolute sqlite store."""
+    """MLFLOW_TRACKING_URI wins; otherwise the project's own absolute sqlite store. A remote
+    server is probed first, so an unreachable one fails in seconds, before any work."""
     if not os.environ.get("MLFLOW_TRACKING_URI"):
         mlflow.set_tracking_uri(DEFAULT_TRACKING_URI)
-    return mlflow.get_tracking_uri()
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        _probe_server(uri)
+    return uri
+
+
+def _probe_server(uri: str, timeout: float = 10.0) -> None:
+    import requests
+
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
+    except requests.RequestException as error:
+        raise UserError(
+            f"tracking server {uri} is not reachable ({type(error).__name__}); start it or fix "
+            "MLFLOW_TRACKING_URI"
+        ) from error
+
+
+def log_overlay_charts(overlays: dict[str, list], per_class: int) -> None:
+    """A few overlays per class as MLflow image charts (key `overlay_<class>`, one step per
+    image); a '/' in the key would make them unreadable in the UI."""
+    for class_name, images in overlays.items():
+        key = "overlay_" + "".join(c if c.isalnum() or c in "-_" else "_" for c in class_name)
+        for step, image in enumerate(images[:per_class]):
+            mlflow.log_image(image, key=key, step=step)
+
+
+def record_failure(error: BaseException) -> None:
+    """Say on the run why it failed; MLflow itself marks it FAILED when the block exits."""
+    mlflow.set_tag("error", f"{type(error).__name__}: {_first_line(error)}"[:5000])
 
 
 def inside_mlflow_run() -> bool:
@@ -145,15 +175,28 @@ class RegisteredModel:
     source: str
 
 
-def load_registered_model(model_uri: str) -> RegisteredModel:
+def load_registered_model(model_uri: str, unsafe_deserialization: bool = False
+                          ) -> RegisteredModel:
     name, reference, alias = _resolve_version(model_uri)
     try:
         # Download once; read the weights and the MLmodel metadata from the same copy.
         local = mlflow.artifacts.download_artifacts(model_uri)
-        model = mlflow.keras.load_model(local)
         info = Model.load(local)
+        # Keras' safe mode refuses serialized Python code (Lambda layers): loading a model
+        # from a shared registry must not run whatever its author pickled into it.
+        model = mlflow.keras.load_model(
+            local, load_model_kwargs={"safe_mode": not unsafe_deserialization}
+        )
     except MlflowException as error:
         raise UserError(f"could not load model '{model_uri}': {_first_line(error)}") from error
+    except ValueError as error:
+        if "safe_mode" not in str(error) and "arbitrary code" not in str(error):
+            raise
+        raise UserError(
+            f"model '{model_uri}' contains serialized Python code (a Lambda layer), which could "
+            "run anything on this machine; refused. If you trust its author, pass "
+            "--unsafe-deserialization"
+        ) from error
     if not isinstance(model, keras.Model):
         raise UserError(f"'{model_uri}' is not a Keras model; log it with mlflow.keras")
     return RegisteredModel(

@@ -257,3 +257,22 @@ def test_unknown_layer_is_a_one_line_error(registered_store, tmp_path):
     result = run_cli(["explain", "--model-uri", "models:/tiny-cxr@champion", "--data",
                       "synthetic:15", "--layer", "nope"], registered_store, tmp_path, check=False)
     assert_one_line_error(result, "--layer 'nope'", "small_cnn/block4_relu")
+
+
+def test_overlays_are_logged_as_image_charts(mlflow_project_runs):
+    client, run = mlflow_project_runs["client"], mlflow_project_runs["runs"][-1]
+    charted = {a.path for a in client.list_artifacts(run.info.run_id, "images")}
+    assert charted, "no image charts logged"
+    assert all("/" not in path.removeprefix("images/") for path in charted)
+    assert any(path.startswith("images/overlay_COVID-19") for path in charted)
+
+
+def test_unreachable_tracking_server_fails_fast_with_one_line(tmp_path):
+    import time
+
+    env = {**cli_env(tmp_path), "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}
+    started = time.monotonic()
+    result = run_cli(["explain", "--data", "synthetic:15"], env, tmp_path, check=False)
+    assert time.monotonic() - started < 30
+    assert_one_line_error(result, "tracking server http://127.0.0.1:9 is not reachable")
+    assert not (tmp_path / "reports").exists()

@@ -66,3 +66,45 @@ def test_every_explained_image_gets_one_overlay(tracking_store, tmp_path, normal
     assert result.explained == 6
     assert len(list((tmp_path / "overlays").rglob("*.png"))) == 6
     assert len(zipfile.ZipFile(f"{local}/cams/cams.npz").namelist()) == 6 + 2
+
+
+def test_a_model_with_a_lambda_layer_is_refused_unless_trusted(tracking_store):
+    from report.errors import UserError
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((64, 64, 3)),
+        layers.Lambda(lambda x: x * 2.0),  # serialized Python: could run anything
+        layers.Conv2D(4, 3, activation="relu", name="features"),
+        layers.GlobalAveragePooling2D(),
+        layers.Dense(3, activation="softmax"),
+    ])
+    register(model, "with-lambda")
+    settings = ExplainSettings(model_uri="models:/with-lambda@champion", data="synthetic:15",
+                               quality="off")
+    with pytest.raises(UserError, match="--unsafe-deserialization"):
+        explain(settings)
+    trusted = explain(ExplainSettings(**{**vars(settings), "unsafe_deserialization": True}))
+    assert trusted.explained == 3
+
+
+@pytest.mark.slow
+def test_a_failing_run_is_marked_failed_with_its_error_and_keeps_its_artifacts(
+    tracking_store, monkeypatch
+):
+    from report import render
+
+    register(small_model("softmax"), "doomed")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("renderer exploded")
+
+    monkeypatch.setattr(render, "write_report", broken)
+    with pytest.raises(RuntimeError, match="renderer exploded"):
+        explain(ExplainSettings(model_uri="models:/doomed@champion", data="synthetic:15",
+                                quality="off"))
+    run = mlflow.search_runs(experiment_names=["tests"], output_format="list")[0]
+    assert run.info.status == "FAILED"
+    assert run.data.tags["error"] == "RuntimeError: renderer exploded"
+    kept = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+    assert {"predictions.csv", "overlays", "cams"} <= kept
