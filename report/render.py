@@ -125,6 +125,7 @@ class ReportContext:
     extremes: Sequence[tuple[str, Sequence[GridItem]]] = ()
     flagged: Sequence[tuple[str, str, str]] = ()  # (image id, true class, flags)
     figures: Sequence[Figure] = ()  # classification figures: ROC curves, reliability diagram
+    data: Table | None = None  # per source and class: files found, used, skipped (and why)
 
 
 def render_html(context: ReportContext) -> str:

@@ -751,3 +751,11 @@ def test_pdf_has_summary_and_section_titles(pdf_pages, context):
     assert (
         text.index("Read this first") < text.index("Model and data") < positions[0] < positions[1]
     )
+
+
+def test_data_accounting_table_is_shown_when_given(context):
+    table = Table(["Source", "Class", "Found", "Used", "Skipped", "Reasons"],
+                  [["folder", "<b>NORMAL</b>", "5", "4", "1", "empty file (1)"]])
+    html = render_html(dataclasses.replace(context, data=table))
+    assert "<h2>Data</h2>" in html and "&lt;b&gt;NORMAL&lt;/b&gt;" in html
+    assert "<h2>Data</h2>" not in render_html(context)
