@@ -51,7 +51,8 @@ def _add_explain(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-uri", default="models:/cxr-classifier@champion",
                         help="models:/NAME@ALIAS or models:/NAME/VERSION")
     parser.add_argument("--data", default="synthetic",
-                        help="synthetic[:COUNT] or a folder with one subfolder per class")
+                        help="synthetic[:COUNT], a folder per class, or a public data set's "
+                             "folder (auto-detected, or NAME:PATH; see docs/DATA.md)")
     parser.add_argument("--split", default="test", choices=["test", "train", "all"])
     parser.add_argument("--method", default="gradcam",
                         choices=["gradcam", "gradcam++", "layercam", "scorecam"])
@@ -67,6 +68,8 @@ def _add_explain(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=0, help="explain at most N images; 0 = all")
     parser.add_argument("--quality", default="fast", choices=["full", "fast", "off"],
                         help="explanation-quality checks: fast samples 32 images, full 128")
+    parser.add_argument("--label-map", default="none",
+                        help="YAML file mapping source labels to the model's classes (or null)")
     parser.add_argument("--unsafe-deserialization", nargs="?", const="yes", default="no",
                         choices=["yes", "no"],
                         help="load models holding serialized Python code (Lambda layers); only "
@@ -127,6 +130,7 @@ def _explain(args: argparse.Namespace) -> int:
         limit=args.limit,
         quality=args.quality,
         unsafe_deserialization=args.unsafe_deserialization == "yes",
+        label_map=args.label_map,
     )
     result = explain(settings)
     print(f"Model:     {result.model}")

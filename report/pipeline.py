@@ -20,7 +20,13 @@ from report.artifacts import ArtifactWriter
 from report.cam.engine import METHODS, SCORES, make_engine, upsample
 from report.cam.normalise import NORMALISATIONS, by_scale, per_image
 from report.cam.overlay import COLORMAPS, encode_png, label_text, make_overlay
-from report.data import SYNTHETIC_NAMES, open_source
+from report.data import (
+    SYNTHETIC_NAMES,
+    detect_layouts,
+    load_label_map,
+    open_source,
+    take_inventory,
+)
 from report.data.batches import Batch, iter_batches
 from report.data.folder import safe_id
 from report.data.records import Skipped
@@ -103,9 +109,12 @@ def train(settings: TrainSettings) -> TrainResult:
 
 
 def _training_classes(data: str) -> tuple[str, ...]:
-    if data.partition(":")[0] in SYNTHETIC_NAMES:
-        return CLASS_NAMES
+    """The tutorial's three classes for the synthetic and public layouts (their default label
+    maps target them); a plain folder's own class folders otherwise."""
     root = Path(data).expanduser()
+    named_layout = ":" in data and not root.exists()
+    if data.partition(":")[0] in SYNTHETIC_NAMES or named_layout or detect_layouts(root):
+        return CLASS_NAMES
     base = root / "train" if (root / "train").is_dir() else root
     if not base.is_dir():
         raise UserError(f"data folder '{data}' does not exist; pass --data synthetic or a folder")
@@ -157,6 +166,7 @@ class ExplainSettings:
     limit: int = 0
     quality: str = "fast"
     unsafe_deserialization: bool = False
+    label_map: str = "none"  # a YAML file: source label -> model class (or null)
 
 
 @dataclass(frozen=True)
@@ -227,7 +237,8 @@ def explain(settings: ExplainSettings) -> ExplainResult:
     registered = tracking.load_registered_model(settings.model_uri,
                                                 settings.unsafe_deserialization)
     metadata = registered.metadata
-    source = open_source(settings.data, metadata.class_names, settings.split)
+    label_map = None if settings.label_map in ("", "none") else load_label_map(settings.label_map)
+    source = open_source(settings.data, metadata.class_names, settings.split, label_map)
     records = source.records[: settings.limit] if settings.limit else source.records
     if not records:
         raise UserError(f"no images to explain in '{settings.data}' ({settings.split} split)")
@@ -308,6 +319,7 @@ def _report_context(settings, registered, engine, source, explainer, results, sk
     scores = classification_quality(np.asarray(collected.y_true), np.asarray(collected.y_pred),
                                     class_names)
     n_flagged = len(collected.flagged)
+    inventory = take_inventory(source, class_names, explainer.explained, skipped, settings.limit)
     metrics = {
         **scores.metrics(),
         **findings.classification_metrics(results),
@@ -315,6 +327,9 @@ def _report_context(settings, registered, engine, source, explainer, results, sk
         "images_explained": len(collected.y_pred),
         "images_skipped": len(skipped),
         "shortcut.flagged_images": n_flagged,
+        "data.found": inventory.found,
+        "data.used": inventory.used,
+        "data.skipped": inventory.skipped,
     }
     context = render.ReportContext(
         model_name=registered.name,
@@ -340,8 +355,18 @@ def _report_context(settings, registered, engine, source, explainer, results, sk
         extremes=collected.extremes(),
         flagged=collected.flagged,
         figures=findings.classification_figures(results),
+        data=_inventory_table(inventory),
     )
     return context, metrics
+
+
+def _inventory_table(inventory) -> render.Table:
+    rows = [
+        [row.source, row.class_name, str(row.found), str(row.used), str(row.skipped),
+         "; ".join(f"{reason} ({n})" for reason, n in sorted(row.reasons.items())) or "—"]
+        for row in inventory.rows
+    ]
+    return render.Table(["Source", "Class", "Found", "Used", "Skipped", "Reasons"], rows)
 
 
 @dataclass(frozen=True)
@@ -375,6 +400,7 @@ class _Explainer:
         self.quality = QualityAccumulator(QualityPlan.of(settings.quality),
                                           metadata.class_names, metadata.image_size)
         self.quality_seconds = 0.0
+        self.explained: list = []  # records, for the data accounting
 
     @property
     def fingerprint(self) -> str:
@@ -421,6 +447,7 @@ class _Explainer:
             shortcut_flags, strict=True
         ):
             predicted = maps[0].class_index
+            self.explained.append(record)
             writer.add_prediction(record.image_id, record.source, record.label, probabilities,
                                   predicted, maps[0].raw, flags)
             if flags:

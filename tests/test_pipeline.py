@@ -108,3 +108,23 @@ def test_a_failing_run_is_marked_failed_with_its_error_and_keeps_its_artifacts(
     assert run.data.tags["error"] == "RuntimeError: renderer exploded"
     kept = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"predictions.csv", "overlays", "cams"} <= kept
+
+
+@pytest.mark.slow
+def test_a_public_layout_is_explained_with_every_file_accounted_for(tracking_store, tmp_path):
+    from tests.data.builders import kermany_tree
+
+    root = kermany_tree(tmp_path / "kaggle")
+    broken = next((root / "chest_xray" / "test" / "NORMAL").iterdir())
+    broken.write_bytes(b"")  # an empty file among the test images
+    label_map = tmp_path / "labels.yaml"
+    label_map.write_text("NORMAL: NORMAL\nPNEUMONIA: null\n")  # pneumonia left out on purpose
+    register(small_model("softmax"), "public")
+    result = explain(ExplainSettings(model_uri="models:/public@champion", data=str(root),
+                                     label_map=str(label_map), quality="off"))
+    metrics = mlflow.get_run(result.run_id).data.metrics
+    # test/: 2 NORMAL (one empty) and 2 PNEUMONIA (mapped to nothing)
+    assert (metrics["data.found"], metrics["data.used"], metrics["data.skipped"]) == (4, 1, 3)
+    assert result.skipped == 1 and result.explained == 1
+    html = result.html.read_text()
+    assert "<h2>Data</h2>" in html and "kermany" in html

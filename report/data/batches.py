@@ -28,18 +28,37 @@ def iter_batches(
     batch_size: int,
     skipped: list[Skipped],
 ) -> Iterator[Batch]:
-    """Unreadable images go to `skipped` with their reason; batches hold only readable ones."""
+    """Unreadable images go to `skipped` with their reason; batches hold only readable ones.
+
+    A file with the same bytes as an earlier one is skipped too ("duplicate of <first>"):
+    the digest is computed anyway, and a duplicate would count twice in every metric.
+    Sources whose records must stay as they are (the tutorial's arrays) set
+    `keeps_duplicates = True`.
+    """
+    first_by_digest: dict[str, str] = {}
+    dedupe = not getattr(source, "keeps_duplicates", False)
     pending_records: list[Record] = []
     pending_images: list[LoadedImage] = []
     for record in records:
         try:
-            pending_images.append(source.load(record, image_size))
+            image = source.load(record, image_size)
+            if dedupe:
+                _check_duplicate(record, image, first_by_digest)
         except UnreadableImage as error:
-            skipped.append(Skipped(record.image_id, record.source, record.label, str(error)))
+            skipped.append(
+                Skipped(record.image_id, record.source, record.label, str(error), record.dataset)
+            )
             continue
         pending_records.append(record)
+        pending_images.append(image)
         if len(pending_records) == batch_size:
             yield Batch(pending_records, pending_images)
             pending_records, pending_images = [], []
     if pending_records:
         yield Batch(pending_records, pending_images)
+
+
+def _check_duplicate(record: Record, image: LoadedImage, first_by_digest: dict[str, str]):
+    first = first_by_digest.setdefault(image.digest, record.source)
+    if first != record.source:
+        raise UnreadableImage(f"duplicate of {first}")

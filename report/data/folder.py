@@ -1,37 +1,48 @@
-"""A folder per class: `DIR/<CLASS>/*.png|jpg|jpeg`, or the same under `DIR/test/`."""
+"""A folder per class: `DIR/<CLASS>/*.png|jpg|jpeg|dcm`, or the same under `DIR/test/`."""
 
 from __future__ import annotations
 
-import re
+from collections.abc import Mapping
 from pathlib import Path
 
-from report.data.images import IMAGE_SUFFIXES, read_image_file
-from report.data.records import LoadedImage, Record
-from report.data.split import split_indices
+from report.data.ids import safe_id, unique_id
+from report.data.labels import LabelResolver, unmapped_reason
+from report.data.listing import FileSource, Listing, image_files, in_split, is_junk, left_out_note
 from report.errors import UserError
 
+__all__ = ["FolderSource", "safe_id", "unique_id"]  # the ids are imported from here elsewhere
 
-class FolderSource:
-    """Images sorted by path so the same folder always gives the same records and split."""
 
-    def __init__(self, root: Path, class_names: tuple[str, ...], split: str):
+class FolderSource(FileSource):
+    """Images sorted by path so the same folder always gives the same records and split.
+
+    A class folder's name is its label: it matches a model class of the same name, or goes
+    through the label map; folders that reach no class are listed and counted as skipped.
+    """
+
+    name = "folder"
+
+    def __init__(
+        self,
+        root: Path,
+        class_names: tuple[str, ...],
+        split: str,
+        label_map: Mapping[str, str | None] | None = None,
+    ):
+        super().__init__()
         self.root = Path(root)
         if not self.root.is_dir():
             raise UserError(
                 f"data folder '{root}' does not exist; pass --data synthetic or a folder with "
                 "one subfolder per class"
             )
-        self.notes: list[str] = []
         base, split_applied = self._split_folder(split)
-        classes = match_class_folders(base, class_names)
-        files = [
-            (path, label, folder)
-            for label, folder in classes
-            for path in _image_files(folder, self)
-        ]
-        if split_applied:
-            files = [files[i] for i in sorted(split_indices(len(files), split))]
-        self.records = _records(files)
+        resolver = LabelResolver(class_names, {}, label_map)
+        matched, unmatched = match_class_folders(base, resolver)
+        listing = Listing(self.name, resolver)
+        self._list(listing, matched, split if split_applied else "all")
+        self._skip_unmatched(listing, unmatched, split if split_applied else "all")
+        self.take(listing)
         where = "all files" if split == "all" else f"{split} split"
         self.description = f"folder {self.root} ({where}, {len(self.records)} images)"
 
@@ -48,62 +59,36 @@ class FolderSource:
             raise UserError(f"data folder '{self.root}' has no {split}/ subfolder")
         return chosen, False
 
-    def load(self, record: Record, image_size: tuple[int, int]) -> LoadedImage:
-        return read_image_file(Path(record.source), image_size)
+    def _list(self, listing: Listing, folders: list[Path], split: str) -> None:
+        # Split over the matched classes' files only, in class order: the split a model
+        # was trained on must not move when an unrelated folder appears next to them.
+        files = [(path, folder) for folder in folders for path in self._images(folder)]
+        for path, folder in in_split(files, split):
+            key = path.relative_to(folder).with_suffix("").as_posix()
+            listing.add(key, str(path), folder.name)
+
+    def _skip_unmatched(self, listing: Listing, folders: list[Path], split: str) -> None:
+        for folder in folders:
+            for path in in_split(self._images(folder), split):
+                key = path.relative_to(folder).with_suffix("").as_posix()
+                listing.skip(key, str(path), None, unmapped_reason(folder.name))
+
+    def _images(self, folder: Path) -> list[Path]:
+        images, left_out = image_files(folder)
+        self.notes += left_out_note(left_out, f"{folder.name}/")
+        return images
 
 
-def match_class_folders(base: Path, class_names: tuple[str, ...]) -> list[tuple[int, Path]]:
-    """Class folders matched to the model's class names, case-insensitively, in class order."""
-    folders = {p.name.lower(): p for p in sorted(base.iterdir()) if p.is_dir()}
-    matched = [
-        (label, folders[name.lower()])
-        for label, name in enumerate(class_names)
-        if name.lower() in folders
-    ]
+def match_class_folders(base: Path, resolver: LabelResolver) -> tuple[list[Path], list[Path]]:
+    """Class folders in model class order, and the folders that map to no class."""
+    folders = [p for p in sorted(base.iterdir()) if p.is_dir() and not is_junk(p)]
+    labels = {folder: resolver(folder.name) for folder in folders}
+    matched = sorted((f for f in folders if labels[f] is not None), key=lambda f: labels[f])
     if not matched:
-        found = ", ".join(p.name for p in folders.values()) or "none"
+        found = ", ".join(p.name for p in folders) or "none"
         raise UserError(
-            f"no class folder in '{base}' matches the model's classes ({', '.join(class_names)}); "
-            f"found: {found}. Name one subfolder per class"
+            f"no class folder in '{base}' matches the model's classes "
+            f"({', '.join(resolver.class_names)}); found: {found}. Name one subfolder per "
+            "class, or pass a label map"
         )
-    return matched
-
-
-def _image_files(folder: Path, source: FolderSource) -> list[Path]:
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
-    # Hidden files (.DS_Store, macOS "._x.png" forks) are never images, whatever their suffix.
-    images = [
-        p for p in files if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-    ]
-    if len(images) < len(files):
-        source.notes.append(
-            f"{len(files) - len(images)} file(s) in {folder.name}/ are hidden or not "
-            ".png/.jpg/.jpeg and were not read"
-        )
-    return images
-
-
-def _records(files: list[tuple[Path, int, Path]]) -> list[Record]:
-    """Ids are paths inside the class folder (the class is already in the artifact path)."""
-    seen: set[str] = set()
-    records = []
-    for path, label, class_folder in files:
-        relative = path.relative_to(class_folder).with_suffix("").as_posix()
-        image_id = unique_id(safe_id(relative), seen)
-        records.append(Record(image_id=image_id, source=str(path), label=label))
-    return records
-
-
-def safe_id(text: str) -> str:
-    """An id usable as a file name and an npz key: no path separators, no dot-dot."""
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", text.replace("/", "__")).strip("._")
-    return cleaned or "image"
-
-
-def unique_id(image_id: str, seen: set[str]) -> str:
-    candidate, n = image_id, 1
-    while candidate.lower() in seen:
-        n += 1
-        candidate = f"{image_id}-{n}"
-    seen.add(candidate.lower())
-    return candidate
+    return matched, [f for f in folders if labels[f] is None]

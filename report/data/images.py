@@ -1,31 +1,161 @@
-"""Decoding image files into RGB pixels at the model's size, without colour-order surprises."""
+"""Decoding image files into RGB pixels at the model's size, without colour-order surprises.
+
+PIL decodes (it knows image modes, EXIF orientation and 16-bit data); OpenCV only resizes,
+which is colour-order agnostic. Every decoding failure becomes UnreadableImage, so one bad
+file is skipped with a reason and never ends a run.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import io
+import warnings
 from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from report.data.records import LoadedImage, UnreadableImage
+from report.data.records import Box, LoadedImage, UnreadableImage
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
+# Images larger than this are skipped before decoding: a 10,000 x 10,000 RGB film would take
+# 300 MB to decode, and no chest X-ray needs more than a few megapixels. Change it here.
+MAX_PIXELS = 50_000_000
+NOT_DECODABLE = "not a decodable PNG/JPEG image"
 
 
-def read_image_file(path: Path, image_size: tuple[int, int]) -> LoadedImage:
+def read_image_file(
+    path: Path,
+    image_size: tuple[int, int],
+    boxes: tuple[Box, ...] | None = None,
+) -> LoadedImage:
+    """One file at the model's size, with a lesion mask drawn from `boxes` (in the
+    original image's pixels) where the data set has them."""
+    data = read_bytes(path)
+    rgb = decode_image(data, path.suffix)
+    lesion = None if boxes is None else boxes_mask(boxes, rgb.shape[:2], image_size)
+    return LoadedImage(
+        pixels=resize(rgb, image_size),
+        digest=hashlib.sha256(data).hexdigest(),
+        lesion_mask=lesion,
+    )
+
+
+def read_bytes(path: Path) -> bytes:
     try:
         data = path.read_bytes()
+    except FileNotFoundError as error:
+        raise UnreadableImage("missing file") from error
     except OSError as error:
         raise UnreadableImage(f"cannot read file: {error.strerror}") from error
     if not data:
         raise UnreadableImage("empty file")
-    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if decoded is None:
-        raise UnreadableImage("not a decodable PNG/JPEG image")
-    # OpenCV decodes to BGR; everything downstream of here is RGB.
-    rgb = cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
-    return LoadedImage(pixels=resize(rgb, image_size), digest=hashlib.sha256(data).hexdigest())
+    return data
+
+
+def decode_image(data: bytes, suffix: str = "") -> np.ndarray:
+    """Bytes -> uint8 (H, W, 3) RGB at the file's own size."""
+    if is_dicom(data, suffix):
+        from report.data.dicom import decode_dicom  # pydicom is only needed for DICOM
+
+        return decode_dicom(data)
+    try:
+        with warnings.catch_warnings():
+            # Our MAX_PIXELS check below replaces PIL's own decompression-bomb warning.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as error:
+        raise UnreadableImage(NOT_DECODABLE) from error
+    except Image.DecompressionBombError as error:
+        # Only past PIL's own limit (twice Image.MAX_IMAGE_PIXELS), far above MAX_PIXELS.
+        raise UnreadableImage(f"image over PIL's decompression-bomb limit ({error})") from error
+    except Exception as error:  # e.g. a JPEG cut off inside its headers
+        raise UnreadableImage(f"truncated or corrupt image: {error}") from error
+    check_size(*image.size)
+    try:
+        return to_rgb(ImageOps.exif_transpose(image))
+    except Exception as error:  # a truncated or corrupt file can fail in many ways
+        raise UnreadableImage(f"truncated or corrupt image: {error}") from error
+
+
+def is_dicom(data: bytes, suffix: str = "") -> bool:
+    """DICOM files carry 'DICM' after a 128-byte preamble; old ones only have the suffix."""
+    return data[128:132] == b"DICM" or suffix.lower() == ".dcm"
+
+
+def check_size(width: int, height: int) -> None:
+    if width * height > MAX_PIXELS:
+        raise UnreadableImage(
+            f"image over the {MAX_PIXELS / 1e6:g}-megapixel limit "
+            f"({width}x{height} = {width * height / 1e6:g} megapixels; "
+            "raise report.data.images.MAX_PIXELS to read it)"
+        )
+
+
+def to_rgb(image: Image.Image) -> np.ndarray:
+    """Any PIL mode -> uint8 RGB. Alpha is dropped, not composited: on an X-ray, blending
+    onto black or white would invent density where the film has none."""
+    if image.mode.startswith("I") or image.mode == "F":
+        return gray_to_rgb(scale_to_uint8(np.asarray(image)))
+    if image.mode in ("P", "PA"):
+        # Palette images may carry transparency; going through RGBA keeps PIL from warning.
+        image = image.convert("RGBA")
+    return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+
+
+def scale_to_uint8(values: np.ndarray) -> np.ndarray:
+    """16-bit and integer data scaled onto 0..255 (PIL's own conversion clips at 255).
+
+    Unsigned 16-bit data is scaled by its type's range, as OpenCV (and so the tutorial) does;
+    anything else by its own range."""
+    values = values.astype(np.float64)
+    low, high = 0.0, 65535.0
+    if values.min() < 0 or values.max() > 65535:
+        low, high = float(values.min()), float(values.max())
+    return stretch(values, low, high)
+
+
+def stretch(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Linear map of low -> 0 and high -> 255, rounded; a flat image becomes black."""
+    if high == low:
+        return np.zeros(values.shape, np.uint8)
+    scaled = (values.astype(np.float64) - low) * (255.0 / (high - low))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def gray_to_rgb(gray: np.ndarray) -> np.ndarray:
+    return np.repeat(gray[:, :, None], 3, axis=2)
+
+
+def read_mask(path: Path, image_size: tuple[int, int]) -> np.ndarray:
+    """A mask image (white = inside) as bool at the model's size."""
+    gray = decode_image(read_bytes(path), path.suffix)[:, :, 0]
+    return resize_mask(gray > 127, image_size)
+
+
+def boxes_mask(
+    boxes: tuple[Box, ...], original: tuple[int, int], image_size: tuple[int, int]
+) -> np.ndarray:
+    """Boxes given in the original image's pixels, drawn on the resized image.
+
+    Resizing stretches each axis by its own factor, so each box is scaled the same way; a
+    pixel is inside when its centre is, and every box keeps at least one pixel."""
+    height, width = image_size
+    scale_y, scale_x = height / original[0], width / original[1]
+    mask = np.zeros(image_size, bool)
+    for x, y, w, h in boxes:
+        cols = _span(x * scale_x, (x + w) * scale_x, width)
+        rows = _span(y * scale_y, (y + h) * scale_y, height)
+        mask[rows, cols] = True
+    return mask
+
+
+def _span(start: float, stop: float, limit: int) -> slice:
+    first = int(np.ceil(start - 0.5))
+    last = int(np.ceil(stop - 0.5))
+    first = min(max(first, 0), limit - 1)
+    return slice(first, min(max(last, first + 1), limit))
 
 
 def resize(pixels: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:

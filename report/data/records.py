@@ -7,6 +7,9 @@ from typing import Protocol
 
 import numpy as np
 
+# A lesion box as data sets publish them: x, y, width, height in original pixel coordinates.
+Box = tuple[float, float, float, float]
+
 
 class UnreadableImage(Exception):
     """One image could not be read; the run skips it and reports why."""
@@ -14,19 +17,31 @@ class UnreadableImage(Exception):
 
 @dataclass(frozen=True)
 class Record:
-    """One image to explain. `label` indexes the model's class names (None when unknown)."""
+    """One image to explain. `label` indexes the model's class names (None when unknown).
+
+    `source` is a file path, or `FILE[index]` for an array row. `boxes` is None when the data
+    set says nothing about lesion locations, and () when it says there are none: only the
+    second may be scored as "no lesion".
+    """
 
     image_id: str
     source: str
     label: int | None
+    source_label: str | None = None  # the data set's own label, before the label map
+    dataset: str = ""  # which data set it came from (a combined source has several)
+    mask: str | None = None  # lung mask file, same field of view as the image
+    boxes: tuple[Box, ...] | None = None
 
 
 @dataclass(frozen=True)
 class Skipped:
+    """A file or row that was found but not used, and why."""
+
     image_id: str
     source: str
     label: int | None
     reason: str
+    dataset: str = ""
 
 
 @dataclass(frozen=True)
@@ -40,7 +55,12 @@ class LoadedImage:
 
 
 class ImageSource(Protocol):
-    """A data source: a description, the records of the chosen split, and a way to read one."""
+    """A data source: a description, the records of the chosen split, and a way to read one.
+
+    Sources also carry `name` (the data set, e.g. "kermany"), `notes` (sentences for the
+    report) and `skipped` (what listing found but could not use); read those with getattr,
+    since older sources may lack them.
+    """
 
     description: str
     records: list[Record]

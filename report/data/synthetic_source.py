@@ -18,7 +18,9 @@ class SyntheticSource:
     def __init__(self, class_names: tuple[str, ...], split: str, count: int = DEFAULT_COUNT,
                  confounded: bool = False):
         self.notes: list[str] = []
+        self.skipped: list = []  # generated images are never unusable
         self.confounded = confounded
+        self.name = "synthetic-confounded" if confounded else "synthetic"
         self.label_map = _label_map(class_names)
         indices = sorted(split_indices(count, split))
         self.records = [

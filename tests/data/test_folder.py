@@ -35,7 +35,7 @@ def test_class_folders_match_case_insensitively(class_tree):
     labels = sorted(record.label for record in source.records)
     assert labels == [0] * 5 + [1] * 5
     assert source.notes == [
-        "2 file(s) in Normal/ are hidden or not .png/.jpg/.jpeg and were not read"
+        "2 file(s) in Normal/ are hidden or not .png/.jpg/.jpeg/.dcm and were not read"
     ]
 
 
@@ -98,3 +98,16 @@ def test_image_ids_are_unique_and_file_safe(tmp_path):
     ids = [r.image_id for r in open_source(str(tmp_path), CLASSES, "all").records]
     assert len(set(ids)) == 3  # the hidden file is not read (and is noted, see above)
     assert all("/" not in i and ".." not in i and " " not in i for i in ids)
+
+
+def test_a_label_map_renames_folders_and_unmatched_folders_are_counted(tmp_path):
+    write_png(tmp_path / "Pneumonia" / "p.png", gray(1))
+    write_png(tmp_path / "NORMAL" / "n.png", gray(2))
+    write_png(tmp_path / "cats" / "c.png", gray(3))
+    source = open_source(str(tmp_path), CLASSES, "all", label_map={"pneumonia": "OTHER_INFECTION"})
+    assert sorted((r.source_label, r.label) for r in source.records) == [
+        ("NORMAL", 1), ("Pneumonia", 2)
+    ]
+    assert [(Path(s.source).name, s.reason) for s in source.skipped] == [
+        ("c.png", "label 'cats' maps to no model class")
+    ]

@@ -1,0 +1,119 @@
+"""Cohen et al. COVID-19 image data collection (github.com/ieee8023/covid-chestxray-dataset):
+`metadata.csv` plus the files it names under `images/` (CT volumes under `volumes/`)."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping
+from pathlib import Path
+
+from report.data.labels import LabelResolver, unused_note
+from report.data.listing import FileSource, Listing, in_split
+from report.errors import UserError
+
+METADATA = "metadata.csv"
+REQUIRED_COLUMNS = ("finding", "filename")
+# Findings are hierarchical (Pneumonia/Viral/COVID-19); the label map looks up the leaf
+# before the ancestors, so COVID-19 wins over Pneumonia. See labels.py.
+DEFAULT_LABEL_MAP = {"COVID-19": "COVID-19", "No Finding": "NORMAL", "Pneumonia": "OTHER_INFECTION"}
+# Placeholders for "not yet known": never a label, whatever a label map says.
+DROPPED_FINDINGS = ("todo", "unknown")
+VIEWS = ("PA", "AP")
+MODALITIES = ("X-ray",)
+
+
+def is_cohen_folder(path: Path) -> bool:
+    metadata = path / METADATA
+    if not metadata.is_file():
+        return False
+    return all(column in _header(metadata) for column in REQUIRED_COLUMNS)
+
+
+class CohenSource(FileSource):
+    """One record per metadata row that is a frontal X-ray with a usable finding.
+
+    The split is taken over all rows sorted by file, before any filtering, so a different
+    label map or view filter never moves an image from train to test."""
+
+    name = "cohen"
+
+    def __init__(
+        self,
+        root: Path,
+        class_names: tuple[str, ...],
+        split: str,
+        label_map: Mapping[str, str | None] | None = None,
+        views: tuple[str, ...] = VIEWS,
+        modalities: tuple[str, ...] = MODALITIES,
+    ):
+        super().__init__()
+        self.root = Path(root)
+        if not is_cohen_folder(self.root):
+            raise UserError(
+                f"'{root}' is not the Cohen layout: expected {METADATA} with columns "
+                f"{', '.join(REQUIRED_COLUMNS)} next to images/ (see docs/DATA.md)"
+            )
+        self.views = tuple(v.upper() for v in views)
+        self.modalities = tuple(m.lower() for m in modalities)
+        resolver = LabelResolver(class_names, DEFAULT_LABEL_MAP, label_map)
+        listing = Listing(self.name, resolver)
+        listed: set[Path] = set()
+        for row in in_split(read_rows(self.root / METADATA), split):
+            self._add(row, listing, listed)
+        self.take(listing)
+        self.notes += unused_note(resolver)
+        self.description = self.describe(
+            self.root, split, f"{'/'.join(self.views)} views, {', '.join(modalities)}"
+        )
+
+    def _add(self, row: dict[str, str], listing: Listing, listed: set[Path]) -> None:
+        path = self.root / (row.get("folder") or "images") / row["filename"]
+        key = Path(row["filename"]).stem or "row"
+        finding = row["finding"]
+        dropped = finding.lower() in DROPPED_FINDINGS
+        label = None if dropped else listing.resolve(finding)
+        reason = self._reason(row, path, listed)
+        if reason:
+            listing.skip(key, str(path), label, reason)
+        else:
+            listing.add(key, str(path), finding)
+
+    def _reason(self, row: dict[str, str], path: Path, listed: set[Path]) -> str:
+        """Why a row is not used, or "" when it is; the first reason that applies."""
+        finding, modality, view = row["finding"], row.get("modality", ""), row.get("view", "")
+        if finding.lower() in DROPPED_FINDINGS or not finding:
+            return f"label '{finding}' dropped"
+        if modality.lower() not in self.modalities:
+            return f"modality {modality or 'missing'}"
+        if frontal_view(view) not in self.views:
+            return f"view {view or 'missing'} not {'/'.join(self.views)}"
+        if not row["filename"]:
+            return "row names no file"
+        if path in listed:
+            return f"duplicate of {path}"  # the same file named by an earlier row
+        listed.add(path)
+        if not path.is_file():
+            return "missing file"
+        return ""
+
+
+def frontal_view(view: str) -> str:
+    """AP Supine, AP semi erect and AP erect are all AP projections."""
+    view = view.strip().upper()
+    return "AP" if view.split(" ")[0] == "AP" else view
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """Rows with stripped keys and values (the file has values with trailing spaces),
+    sorted by file so the order does not depend on how the CSV was last edited."""
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        rows = [
+            {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
+            for row in csv.DictReader(handle)
+        ]
+    return sorted(rows, key=lambda row: (row.get("folder", ""), row["filename"]))
+
+
+def _header(path: Path) -> list[str]:
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        return [column.strip().lower() for column in next(csv.reader(handle), [])]

@@ -1,0 +1,139 @@
+"""NIH ChestX-ray14 (Wang et al. 2017): `Data_Entry_2017.csv` (Image Index, Finding Labels
+joined by '|'), PNGs under `images*/` (the Kaggle copy nests them in images_001/images/ ...),
+and the boxes of `BBox_List_2017.csv` for 984 of them, which become lesion masks."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping
+from pathlib import Path
+
+from report.data.labels import LabelResolver, unmapped_reason, unused_note
+from report.data.listing import FileSource, Listing, in_split, is_junk
+from report.data.records import Box
+from report.errors import UserError
+
+ENTRIES = ("Data_Entry_2017.csv", "Data_Entry_2017_v2020.csv")
+BOXES_CSV = "BBox_List_2017.csv"
+SPLIT_LISTS = {"train": "train_val_list.txt", "test": "test_list.txt"}
+DEFAULT_LABEL_MAP = {"No Finding": "NORMAL", "Pneumonia": "OTHER_INFECTION"}
+# The box list spells one finding differently from the entries.
+BOX_LABEL_ALIASES = {"Infiltrate": "Infiltration"}
+
+
+def entries_file(path: Path) -> Path | None:
+    return next((path / name for name in ENTRIES if (path / name).is_file()), None)
+
+
+class NihSource(FileSource):
+    """One record per entry whose findings reach exactly one model class. An entry with
+    findings that map to two classes (say Pneumonia and a finding you mapped elsewhere) is
+    skipped rather than given one of them."""
+
+    name = "nih"
+
+    def __init__(
+        self,
+        root: Path,
+        class_names: tuple[str, ...],
+        split: str,
+        label_map: Mapping[str, str | None] | None = None,
+    ):
+        super().__init__()
+        self.root = Path(root)
+        entries = entries_file(self.root)
+        if entries is None:
+            raise UserError(f"'{root}' is not the NIH layout: expected {ENTRIES[0]} there")
+        self.class_names = class_names
+        resolver = LabelResolver(class_names, DEFAULT_LABEL_MAP, label_map)
+        listing = Listing(self.name, resolver)
+        files = self._index_images()
+        boxes = read_boxes(self.root / BOXES_CSV)
+        seen: set[str] = set()
+        for name, findings in self._split(read_entries(entries), split):
+            self._add(name, findings, files, boxes, seen, listing)
+        self.take(listing)
+        self.notes += unused_note(resolver)
+        self.description = self.describe(self.root, split)
+
+    def _add(self, name, findings, files, boxes, seen, listing: Listing) -> None:
+        path = files.get(name, self.root / "images" / name)
+        key = Path(name).stem
+        labels = {listing.resolve(f) for f in findings.split("|")} - {None}
+        label = next(iter(labels)) if len(labels) == 1 else None
+        if name in seen:
+            listing.skip(key, str(path), label, f"duplicate of {path}")
+        elif name not in files:
+            listing.skip(key, str(path), label, "missing file")
+        elif len(labels) > 1:
+            names = ", ".join(sorted(self.class_names[i] for i in labels))
+            listing.skip(key, str(path), None,
+                         f"labels '{findings}' map to several model classes ({names})")
+        elif label is None:
+            listing.skip(key, str(path), None, unmapped_reason(findings))
+        else:
+            kept = self._boxes(boxes.get(name), label, listing)
+            listing.add(key, str(path), findings, boxes=kept, label=label)
+        seen.add(name)
+
+    @staticmethod
+    def _boxes(boxes: list[tuple[str, Box]] | None, label: int, listing: Listing):
+        """The boxes of findings that map to the record's class; None when there are none
+        (NIH boxed only some findings of some images: no box is not "no lesion")."""
+        kept = tuple(box for finding, box in boxes or [] if listing.resolve(finding) == label)
+        return kept or None
+
+    def _index_images(self) -> dict[str, Path]:
+        """File name -> path over every images*/ folder; later copies of a name are noted."""
+        files: dict[str, Path] = {}
+        copies = 0
+        for folder in sorted(p for p in self.root.glob("images*") if p.is_dir()):
+            for path in sorted(folder.rglob("*.png")):
+                if is_junk(path):
+                    continue
+                copies += path.name in files
+                files.setdefault(path.name, path)
+        if copies:
+            self.notes.append(f"{copies} extra copies of image files ignored (same name)")
+        return files
+
+    def _split(self, entries: list[tuple[str, str]], split: str) -> list[tuple[str, str]]:
+        """NIH's official patient-wise split when its lists are there, else ours."""
+        listed = self.root / SPLIT_LISTS.get(split, "")
+        if split != "all" and listed.is_file():
+            names = set(listed.read_text(encoding="utf-8").split())
+            self.notes.append(f"split from NIH's {listed.name}")
+            return [entry for entry in entries if entry[0] in names]
+        return in_split(entries, split)
+
+
+def read_entries(path: Path) -> list[tuple[str, str]]:
+    """(Image Index, Finding Labels) sorted by image name."""
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        rows = [
+            {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+            for row in csv.DictReader(handle)
+        ]
+    return sorted((row["Image Index"], row["Finding Labels"]) for row in rows
+                  if row.get("Image Index"))
+
+
+def read_boxes(path: Path) -> dict[str, list[tuple[str, Box]]]:
+    """Image name -> (finding, box). Read by position: the header is literally
+    `Image Index,Finding Label,Bbox [x,y,w,h],,,`, so its column names are useless."""
+    boxes: dict[str, list[tuple[str, Box]]] = {}
+    if not path.is_file():
+        return boxes
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        rows = csv.reader(handle)
+        next(rows, None)
+        for row in rows:
+            try:
+                box = tuple(float(value) for value in row[2:6])
+            except ValueError:
+                continue
+            if len(box) == 4:
+                finding = row[1].strip()
+                finding = BOX_LABEL_ALIASES.get(finding, finding)
+                boxes.setdefault(row[0].strip(), []).append((finding, box))
+    return boxes

@@ -1,0 +1,96 @@
+"""RSNA Pneumonia Detection Challenge (Kaggle): `stage_2_train_labels.csv` (patientId, x, y,
+width, height, Target; one row per box, several per patient) and the DICOM films under
+`stage_2_train_images/<patientId>.dcm`. The boxes become the lesion masks."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping
+from pathlib import Path
+
+from report.data.labels import LabelResolver, unused_note
+from report.data.listing import FileSource, Listing, in_split
+from report.data.records import Box
+from report.errors import UserError
+
+LABELS_CSV = "stage_2_train_labels.csv"
+CLASS_INFO_CSV = "stage_2_detailed_class_info.csv"
+IMAGES = "stage_2_train_images"
+# The detailed class file splits Target 0 into Normal and "No Lung Opacity / Not Normal"
+# (abnormal films without pneumonia-like opacity): those belong to no class of the model.
+DEFAULT_LABEL_MAP = {
+    "Lung Opacity": "OTHER_INFECTION",
+    "Normal": "NORMAL",
+    "No Lung Opacity / Not Normal": None,
+    "No Lung Opacity": "NORMAL",  # Target 0 when the detailed class file is absent
+}
+BOX_COLUMNS = ("x", "y", "width", "height")
+
+
+def is_rsna_folder(path: Path) -> bool:
+    return (path / LABELS_CSV).is_file()
+
+
+class RsnaSource(FileSource):
+    name = "rsna"
+
+    def __init__(
+        self,
+        root: Path,
+        class_names: tuple[str, ...],
+        split: str,
+        label_map: Mapping[str, str | None] | None = None,
+    ):
+        super().__init__()
+        self.root = Path(root)
+        if not is_rsna_folder(self.root):
+            raise UserError(f"'{root}' is not the RSNA layout: expected {LABELS_CSV} there")
+        patients, bad = read_labels(self.root / LABELS_CSV)
+        classes = self._class_info()
+        resolver = LabelResolver(class_names, DEFAULT_LABEL_MAP, label_map)
+        listing = Listing(self.name, resolver)
+        # One image per patient: the split is over patients sorted by id.
+        for patient in in_split(sorted(patients), split):
+            boxes = tuple(patients[patient])
+            label = classes.get(patient) or ("Lung Opacity" if boxes else "No Lung Opacity")
+            path = self.root / IMAGES / f"{patient}.dcm"
+            if patient in bad:
+                listing.skip(patient, str(path), listing.resolve(label), bad[patient])
+            elif not path.is_file():
+                listing.skip(patient, str(path), listing.resolve(label), "missing file")
+            else:
+                # () says "no lesion here", which Target 0 does say.
+                listing.add(patient, str(path), label, boxes=boxes)
+        self.take(listing)
+        self.notes += unused_note(resolver)
+        self.description = self.describe(self.root, split)
+
+    def _class_info(self) -> dict[str, str]:
+        path = self.root / CLASS_INFO_CSV
+        if not path.is_file():
+            self.notes.append(
+                f"no {CLASS_INFO_CSV}: every Target 0 film counts as NORMAL, including "
+                "abnormal films without opacity"
+            )
+            return {}
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            rows = csv.DictReader(handle)
+            return {row["patientId"].strip(): row["class"].strip() for row in rows}
+
+
+def read_labels(path: Path) -> tuple[dict[str, list[Box]], dict[str, str]]:
+    """Boxes per patient ([] for Target 0), and the patients whose rows cannot be parsed."""
+    patients: dict[str, list[Box]] = {}
+    bad: dict[str, str] = {}
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        for number, row in enumerate(csv.DictReader(handle), start=2):
+            patient = (row.get("patientId") or "").strip()
+            if not patient:
+                continue
+            boxes = patients.setdefault(patient, [])
+            try:
+                if int(float(row.get("Target") or 0)) == 1:
+                    boxes.append(tuple(float(row[c]) for c in BOX_COLUMNS))
+            except (TypeError, ValueError):
+                bad.setdefault(patient, f"unreadable box values on line {number} of {path.name}")
+    return patients, bad
