@@ -44,7 +44,7 @@ def run_bench(settings: BenchSettings) -> dict:
     import keras  # noqa: F401  (TensorFlow start-up before any timing)
 
     from report.cam.engine import make_engine
-    from report.pipeline import preprocess
+    from report.streaming import preprocess
 
     model, metadata, model_label = _bench_model(settings.model_uri)
     batch = _images(settings.images, metadata)
@@ -238,7 +238,7 @@ def _memory_growth(engine, metadata, batch_size: int, batches: int = 24) -> dict
     would mean something is kept per image."""
     from report.cam.normalise import per_image
     from report.cam.overlay import encode_png, make_overlay
-    from report.pipeline import preprocess
+    from report.streaming import preprocess
 
     resident = []
     for b in range(batches):

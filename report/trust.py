@@ -210,12 +210,7 @@ class QualityAccumulator:
             probabilities=np.asarray(self._probabilities).reshape(-1, len(self.class_names)),
             localisation=self.localisation,
             shortcut=self.shortcut,
-            lung_source=(
-                "masks from the data source" if self._lung_masks_seen and not
-                self._lungs_estimated else "estimated (fixed PA lung-field prior)"
-                if not self._lung_masks_seen else "masks where the source has them, "
-                "else estimated"
-            ),
+            lung_source=self._lung_source(),
             mean_maps=self._mean_maps(),
         )
         if self.plan.explanation_metrics and self._sample["classes"]:
@@ -231,6 +226,13 @@ class QualityAccumulator:
                 self.plan.sanity_stages,
             )
         return results
+
+    def _lung_source(self) -> str:
+        if not self._lung_masks_seen:
+            return "estimated (fixed PA lung-field prior)"
+        if self._lungs_estimated:
+            return "masks where the source has them, else estimated"
+        return "masks from the data source"
 
     def _mean_maps(self) -> dict[str, dict[str, np.ndarray]]:
         return {

@@ -1,0 +1,245 @@
+"""Streaming a source through the engine: batches in, artifacts and bounded summaries out.
+
+Memory is bounded by the batch size and the report's sample grids, not by the number of
+images: overlays, maps and prediction rows go to disk as they are made, and only labels,
+predictions and a few hundred bytes per map are kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm import tqdm
+
+from report import render
+from report.artifacts import ArtifactWriter
+from report.cam.engine import upsample
+from report.cam.normalise import by_scale, per_image
+from report.cam.overlay import encode_png, label_text, make_overlay
+from report.data.batches import Batch, iter_batches
+from report.data.folder import safe_id
+from report.data.records import Skipped
+from report.model import ModelMetadata
+from report.trust import QualityAccumulator, QualityPlan
+
+GRID_IMAGES_PER_CLASS = 12
+EXTREMES = 4
+MULTI_LABEL_THRESHOLD = 0.5
+
+
+@dataclass
+class Collected:
+    """What the report keeps while streaming: labels and predictions, bounded image grids."""
+
+    y_true: list[int] = field(default_factory=list)
+    y_pred: list[int] = field(default_factory=list)
+    wrong: dict[int, list[render.GridItem]] = field(default_factory=dict)
+    right: dict[int, list[render.GridItem]] = field(default_factory=dict)
+    totals: dict[int, int] = field(default_factory=dict)
+    misclassified: dict[int, int] = field(default_factory=dict)
+    least_sure_right: list[render.GridItem] = field(default_factory=list)
+    most_sure_wrong: list[render.GridItem] = field(default_factory=list)
+    flagged: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def add_prediction(self, label: int | None, predicted: int) -> None:
+        if label is None:
+            return
+        self.y_true.append(label)
+        self.y_pred.append(predicted)
+        self.totals[label] = self.totals.get(label, 0) + 1
+        if label != predicted:
+            self.misclassified[label] = self.misclassified.get(label, 0) + 1
+
+    def offer_tile(self, label: int | None, item: render.GridItem) -> None:
+        if label is None:
+            return
+        kept = (self.right if item.correct else self.wrong).setdefault(label, [])
+        if len(kept) < GRID_IMAGES_PER_CLASS:
+            kept.append(item)
+        # Bounded: only the EXTREMES least confident correct and most confident wrong stay.
+        if item.correct:
+            self.least_sure_right = sorted([*self.least_sure_right, item],
+                                           key=lambda tile: tile.confidence)[:EXTREMES]
+        else:
+            self.most_sure_wrong = sorted([*self.most_sure_wrong, item],
+                                          key=lambda tile: -tile.confidence)[:EXTREMES]
+
+    def extremes(self) -> list[tuple[str, list[render.GridItem]]]:
+        return [("Lowest-confidence correct predictions", self.least_sure_right),
+                ("Highest-confidence wrong predictions", self.most_sure_wrong)]
+
+    def grids(self, class_names: tuple[str, ...]) -> list[render.ClassGrid]:
+        grids = []
+        for label, name in enumerate(class_names):
+            wrong = sorted(self.wrong.get(label, []), key=lambda item: -item.confidence)
+            items = (wrong + self.right.get(label, []))[:GRID_IMAGES_PER_CLASS]
+            total = self.totals.get(label, 0)
+            grids.append(render.ClassGrid(name, items, total, self.misclassified.get(label, 0)))
+        return grids
+
+
+@dataclass(frozen=True)
+class _Map:
+    """One map to draw: the image's predicted class (`extra=False`) or, for multi-label
+    heads, another class above the threshold, saved as `<image_id>__<class>`."""
+
+    class_index: int
+    confidence: float
+    raw: np.ndarray
+    extra: bool = False
+
+
+class Explainer:
+    """Streams batches through the engine into the artifact writer (`settings` is the
+    pipeline's ExplainSettings).
+
+    With `normalize=image` each overlay is drawn as its batch is explained. With `global`, the
+    shared scale is only known once every map exists, so a second pass re-reads the images
+    and draws the overlays from the raw maps kept (feature-map size: a few hundred bytes per
+    map); nothing image-sized is held beyond one batch.
+    """
+
+    def __init__(self, settings, metadata: ModelMetadata, engine):
+        self.settings = settings
+        self.metadata = metadata
+        self.engine = engine
+        self.collected = Collected()
+        self._fingerprint = hashlib.sha256()
+        self._pending: dict[str, list[_Map]] = {}
+        self._global_scale = 0.0
+        self.quality = QualityAccumulator(QualityPlan.of(settings.quality),
+                                          metadata.class_names, metadata.image_size)
+        self.quality_seconds = 0.0
+        self.explained: list = []  # records, for the data accounting
+
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint.hexdigest()
+
+    def finish(self):
+        """The checks that need extra forward passes, on the bounded sample."""
+        started = time.perf_counter()
+        results = self.quality.finish(self.engine, self.settings.batch_size)
+        self.quality_seconds += time.perf_counter() - started
+        return results
+
+    def run(self, source, records, writer: ArtifactWriter) -> list[Skipped]:
+        skipped: list[Skipped] = []
+        batches = iter_batches(source, records, self.metadata.image_size,
+                               self.settings.batch_size, skipped)
+        with _progress(len(records), "Explaining") as progress:
+            for batch in batches:
+                self._explain_batch(batch, writer)
+                progress.update(len(batch.records))
+            for item in skipped:
+                writer.add_skipped(item.image_id, item.source, item.label, item.reason)
+            progress.update(len(skipped))
+        if self.settings.normalize == "global":
+            self._draw_globally_normalised(source, records, writer)
+        return skipped
+
+    def _explain_batch(self, batch: Batch, writer: ArtifactWriter) -> None:
+        images = preprocess(batch.pixels, self.metadata)
+        explanation = self.engine.explain(images)
+        maps_per_image = [
+            [_Map(int(c), float(p[c]), raw)]
+            for c, p, raw in zip(explanation.class_index, explanation.probabilities,
+                                 explanation.raw_maps, strict=True)
+        ]
+        if self.engine.head.multi_label:
+            self._add_other_labels(images, explanation, maps_per_image)
+        started = time.perf_counter()
+        labels = [record.label for record in batch.records]
+        shortcut_flags = self.quality.add_batch(labels, batch.images, images, explanation)
+        self.quality_seconds += time.perf_counter() - started
+        for record, image, maps, probabilities, flags in zip(
+            batch.records, batch.images, maps_per_image, explanation.probabilities,
+            shortcut_flags, strict=True
+        ):
+            predicted = maps[0].class_index
+            self.explained.append(record)
+            writer.add_prediction(record.image_id, record.source, record.label, probabilities,
+                                  predicted, maps[0].raw, flags)
+            if flags:
+                true_name = "unlabelled" if record.label is None else (
+                    self.metadata.class_names[record.label])
+                self.collected.flagged.append((record.image_id, true_name, "; ".join(flags)))
+            for extra in maps[1:]:
+                writer.add_map(self._key(record.image_id, extra), extra.raw)
+            self.collected.add_prediction(record.label, predicted)
+            self._fingerprint.update(f"{record.image_id}|{record.label}|{image.digest}\n".encode())
+            if self.settings.normalize == "image":
+                self._draw(record, image.pixels, maps, per_image, writer)
+            else:
+                self._global_scale = max([self._global_scale, *(m.raw.max() for m in maps)])
+                self._pending[record.image_id] = maps
+
+    def _add_other_labels(self, images, explanation, maps_per_image) -> None:
+        """Multi-label heads: one more map for every other class at or above the threshold,
+        in one extra compiled pass for the whole batch."""
+        above = explanation.probabilities >= MULTI_LABEL_THRESHOLD
+        above[np.arange(len(above)), explanation.class_index] = False
+        rows, classes = np.nonzero(above)
+        if not len(rows):
+            return
+        more = self.engine.explain(images[rows], classes)
+        for row, c, raw in zip(rows, classes, more.raw_maps, strict=True):
+            confidence = float(explanation.probabilities[row, c])
+            maps_per_image[row].append(_Map(int(c), confidence, raw, extra=True))
+
+    def _draw_globally_normalised(self, source, records, writer: ArtifactWriter) -> None:
+        explained = [r for r in records if r.image_id in self._pending]
+        batches = iter_batches(source, explained, self.metadata.image_size,
+                               self.settings.batch_size, [])
+        scale = self._global_scale
+        with _progress(len(explained), "Drawing overlays") as progress:
+            for batch in batches:
+                for record, image in zip(batch.records, batch.images, strict=True):
+                    maps = self._pending.pop(record.image_id)
+                    self._draw(record, image.pixels, maps, lambda m: by_scale(m, scale), writer)
+                progress.update(len(batch.records))
+
+    def _draw(self, record, pixels, maps: list[_Map], normalise, writer: ArtifactWriter):
+        upsampled = upsample(np.stack([m.raw for m in maps]), self.metadata.image_size).numpy()
+        for item, heatmap in zip(maps, normalise(upsampled), strict=True):
+            png = self._overlay_png(pixels, heatmap, item)
+            writer.add_overlay(self._key(record.image_id, item), record.label, png)
+            if not item.extra:
+                self.collected.offer_tile(record.label, self._tile(record, item, png))
+
+    def _overlay_png(self, pixels, heatmap, item: _Map) -> bytes:
+        label = label_text(self.metadata.class_names[item.class_index], item.confidence)
+        return encode_png(make_overlay(pixels, heatmap, label, self.settings.alpha,
+                                       self.settings.colormap))
+
+    def _tile(self, record, item: _Map, png: bytes) -> render.GridItem:
+        class_names = self.metadata.class_names
+        return render.GridItem(
+            image_id=record.image_id,
+            true_label="unlabelled" if record.label is None else class_names[record.label],
+            predicted_label=class_names[item.class_index],
+            confidence=item.confidence,
+            correct=record.label == item.class_index,
+            png=png,
+        )
+
+    def _key(self, image_id: str, item: _Map) -> str:
+        if not item.extra:
+            return image_id
+        return f"{image_id}__{safe_id(self.metadata.class_names[item.class_index])}"
+
+
+def _progress(total: int, description: str) -> tqdm:
+    return tqdm(total=total, desc=description, unit="img", dynamic_ncols=True)
+
+
+def preprocess(pixels: np.ndarray, metadata: ModelMetadata) -> np.ndarray:
+    """uint8 RGB (B, H, W, 3) -> float32 model input, per the model's metadata."""
+    images = pixels.astype(np.float32)
+    if metadata.color == "grayscale":
+        luminance = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        images = (images @ luminance)[..., None]
+    return images * np.float32(metadata.scale)
