@@ -126,7 +126,7 @@ def summary(results: QualityResults, accuracy: float, n_images: int, n_flagged: 
     metrics = {**classification_metrics(results), **explanation_metrics(results)}
     lines = [_classification_line(metrics, accuracy, n_images)]
     if "localisation.pointing_game" in metrics:
-        lines.append(_localisation_line(metrics))
+        lines.append(_localisation_line(metrics, len(results.localisation.array("pointing"))))
     if "faithfulness.deletion_auc" in metrics:
         lines.append(_faithfulness_line(metrics))
     if results.sanity and results.sanity.correlations:
@@ -144,7 +144,7 @@ def _classification_line(metrics, accuracy: float, n_images: int) -> Finding:
     return Finding("info", f"Accuracy {accuracy:.1%} on {n_images} images{calibration}.")
 
 
-def _localisation_line(metrics) -> Finding:
+def _localisation_line(metrics, n_images: int) -> Finding:
     hit = metrics["localisation.pointing_game"]
     chance = metrics["localisation.pointing_game_random"]
     energy = metrics["localisation.energy_in_lesion"]
@@ -152,9 +152,9 @@ def _localisation_line(metrics) -> Finding:
     good = hit > chance + 0.1 and energy > energy_random
     return Finding(
         "pass" if good else "warn",
-        f"Heatmaps peak inside the lesion in {hit:.0%} of correctly classified images with a "
-        f"lesion mask (random maps: {chance:.0%}); {energy:.0%} of their energy lies in the "
-        f"lesion (random: {energy_random:.0%}).",
+        f"Heatmaps peak inside the lesion in {hit:.0%} of the {_images(n_images)} correctly "
+        f"classified with a lesion mask (random maps: {chance:.0%}); {energy:.0%} of their "
+        f"energy lies in the lesion (random: {energy_random:.0%}).",
     )
 
 
