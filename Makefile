@@ -30,7 +30,10 @@ demo: $(STAMP)
 	$(RUN_ENV) mlflow run . -e train --env-manager local
 	$(RUN_ENV) mlflow run . --env-manager local
 
+# Chromium and PostgreSQL for tests/integration come from Debian (idempotent; where apt is
+# unavailable those tests skip and say why).
 test: $(STAMP)
+	bash scripts/install-system-deps.sh
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" TF_CPP_MIN_LOG_LEVEL=2 $(PYTHON) -m pytest
 
 ui: $(STAMP)

@@ -88,6 +88,17 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:
+        # MLflow's errors are about the store or server (credentials, permissions, a refused
+        # write): one line, not a traceback. Anything else is a bug and keeps its traceback.
+        from mlflow.exceptions import MlflowException
+
+        if not isinstance(error, MlflowException):
+            raise
+        from report.tracking import explain_mlflow_error
+
+        print(f"error: {explain_mlflow_error(error)}", file=sys.stderr)
+        return 2
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -371,21 +371,31 @@ def _shown_settings(settings: ExplainSettings, engine) -> dict[str, str]:
     }
 
 
+def _markdown_text(text: str) -> str:
+    """Data-derived text (class names, model names) as literal text in the run description:
+    the MLflow UI renders it as Markdown through a sanitiser that would drop a `<script>`
+    class name together with the rest of the table."""
+    escaped = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return "".join(f"\\{c}" if c in "\\`*_[]|#" else c for c in escaped)
+
+
 def _run_note(context: render.ReportContext) -> str:
     rows = "\n".join(
-        f"| {row['class']} | {row['precision']:.2f} | {row['recall']:.2f} | {row['f1']:.2f} "
-        f"| {row['support']} |"
+        f"| {_markdown_text(row['class'])} | {row['precision']:.2f} | {row['recall']:.2f} "
+        f"| {row['f1']:.2f} | {row['support']} |"
         for row in context.per_class
     )
     alias = f" (@{context.model_alias})" if context.model_alias else ""
     settings = context.settings
     return (
         f"**{render.DISCLAIMER}**\n\n"
-        f"{settings['Method']} report for **{context.model_name} v{context.model_version}{alias}**"
-        f" on {context.data_source}.\n\n"
+        f"{settings['Method']} report for **{_markdown_text(context.model_name)} "
+        f"v{context.model_version}{_markdown_text(alias)}** on "
+        f"{_markdown_text(context.data_source)}.\n\n"
         f"- Images explained: {context.n_images}; skipped: {len(context.skipped)}\n"
         f"- Accuracy: {context.accuracy:.1%}\n"
-        f"- Target layer: `{settings['Target layer']}`; class score: {settings['Class score']};"
+        f"- Target layer: {_markdown_text(settings['Target layer'])}; class score: "
+        f"{settings['Class score']};"
         f" normalisation: {settings['Normalisation']}\n\n"
         "| class | precision | recall | F1 | support |\n|---|---|---|---|---|\n"
         f"{rows}\n\n"

@@ -226,6 +226,8 @@ def _resolve_version(model_uri: str):
             return name, client.get_model_version_by_alias(name, alias), alias
         return name, client.get_model_version(name, number), None
     except MlflowException as error:
+        if access_problem(error):
+            raise
         known = _aliases(client, name)
         what = f"alias '{alias}'" if alias else f"version {number}"
         raise UserError(
@@ -251,6 +253,8 @@ def _require_registered(client: MlflowClient, name: str) -> None:
     try:
         client.get_registered_model(name)
     except MlflowException as error:
+        if access_problem(error):
+            raise  # a 401/403 is not a missing model: cli.main says what it is
         raise UserError(
             f"no registered model '{name}' in {mlflow.get_tracking_uri()}; train and register "
             "one with `make demo` or `python -m report train`, or set MLFLOW_TRACKING_URI to the "
@@ -260,6 +264,30 @@ def _require_registered(client: MlflowClient, name: str) -> None:
 
 def _aliases(client: MlflowClient, name: str) -> str:
     return ", ".join(sorted(client.get_registered_model(name).aliases))
+
+
+def access_problem(error: MlflowException) -> str | None:
+    """'unauthenticated' or 'permission denied' when a tracking server refused the request."""
+    text = f"{getattr(error, 'error_code', '')} {error}"
+    if "UNAUTHENTICATED" in text or "401" in text:
+        return "unauthenticated"
+    if "PERMISSION_DENIED" in text or "403" in text:
+        return "permission denied"
+    return None
+
+
+def explain_mlflow_error(error: MlflowException) -> str:
+    """One line for an MLflow error that reached the command line."""
+    problem = access_problem(error)
+    uri = mlflow.get_tracking_uri()
+    if problem == "unauthenticated":
+        return (f"tracking server {uri} asks for credentials: set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD in the environment")
+    if problem == "permission denied":
+        return (f"tracking server {uri} denied permission to this user "
+                f"({os.environ.get('MLFLOW_TRACKING_USERNAME', 'anonymous')}): ask the "
+                "experiment's owner for EDIT permission, or use another experiment")
+    return f"MLflow ({uri}): {_first_line(error)}"
 
 
 def _first_line(error: Exception) -> str:
