@@ -276,3 +276,31 @@ def test_unreachable_tracking_server_fails_fast_with_one_line(tmp_path):
     assert time.monotonic() - started < 30
     assert_one_line_error(result, "tracking server http://127.0.0.1:9 is not reachable")
     assert not (tmp_path / "reports").exists()
+
+
+def test_a_run_killed_midway_can_be_run_again_to_a_complete_report(registered_store, tmp_path):
+    import os
+    import signal
+    import time
+
+    args = [sys.executable, "-m", "report", "explain", "--model-uri", "models:/tiny-cxr@champion",
+            "--data", "synthetic:300", "--batch-size", "4"]
+    process = subprocess.Popen(args, env=registered_store, cwd=tmp_path, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               start_new_session=True)
+    deadline = time.monotonic() + 120
+    seen = ""
+    while "Explaining" not in seen and time.monotonic() < deadline:
+        seen += process.stderr.read(64) or ""
+    assert "Explaining" in seen, "the run never started explaining"
+    os.killpg(process.pid, signal.SIGKILL)  # no clean-up code runs
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+
+    again = run_cli(args[3:], registered_store, tmp_path)
+    run_id = run_id_of(again)
+    assert "Explained: 60 images (0 skipped)" in again.stdout
+    mlflow.set_tracking_uri(registered_store["MLFLOW_TRACKING_URI"])
+    run = MlflowClient().get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert (PROJECT_ROOT / "reports" / run_id / "report.pdf").stat().st_size > 0
