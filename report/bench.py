@@ -47,7 +47,7 @@ def run_bench(settings: BenchSettings) -> dict:
     from report.streaming import preprocess
 
     model, metadata, model_label = _bench_model(settings.model_uri)
-    batch = _images(settings.images, metadata)
+    batch = _synthetic_images(0, settings.images, metadata)
     x = preprocess(batch, metadata)
     batches = [x[i : i + settings.batch_size] for i in range(0, len(x), settings.batch_size)]
     engine = make_engine(settings.method, model, "auto", "logit",
@@ -85,16 +85,6 @@ def _bench_model(model_uri: str):
         print(f"note: {error}\nnote: timing an untrained small-cnn of the demo's shape instead")
     metadata = ModelMetadata(("COVID-19", "NORMAL", "OTHER_INFECTION"), (237, 237))
     return build_classifier("small-cnn", 3, metadata.image_size), metadata, "untrained small-cnn"
-
-
-def _images(n: int, metadata) -> np.ndarray:
-    from report.data import synthetic
-    from report.data.images import resize
-
-    return np.stack([
-        resize(synthetic.generate(i, size=max(metadata.image_size)).image, metadata.image_size)
-        for i in range(n)
-    ])
 
 
 def _compiled_forward(model, batches):
@@ -242,7 +232,7 @@ def _memory_growth(engine, metadata, batch_size: int, batches: int = 24) -> dict
 
     resident = []
     for b in range(batches):
-        pixels = _images_range(b * batch_size, batch_size, metadata)
+        pixels = _synthetic_images(b * batch_size, batch_size, metadata)
         explanation = engine.explain(preprocess(pixels, metadata))
         for image, heatmap in zip(pixels, per_image(explanation.maps), strict=True):
             encode_png(make_overlay(image, heatmap, "X: 1%"))
@@ -258,7 +248,7 @@ def _memory_growth(engine, metadata, batch_size: int, batches: int = 24) -> dict
     }
 
 
-def _images_range(start: int, n: int, metadata) -> np.ndarray:
+def _synthetic_images(start: int, n: int, metadata) -> np.ndarray:
     from report.data import synthetic
     from report.data.images import resize
 
