@@ -19,12 +19,6 @@ from report.trust import (
     QualityResults,
 )
 
-
-def metric_name(name: str) -> str:
-    """MLflow keys allow letters, digits, _ - . / and space; anything else becomes _."""
-    return "".join(c if c.isalnum() or c in "_-. /" else "_" for c in name)
-
-
 # --- classification -------------------------------------------------------------------------
 
 
