@@ -40,8 +40,12 @@ def configure_store() -> str:
 def _probe_server(uri: str, timeout: float = 10.0) -> None:
     import requests
 
+    # The same TLS settings MLflow's own client honours, so a server it accepts passes here.
+    verify: bool | str = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or True
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+        verify = False
     try:
-        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
+        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout, verify=verify)
     except requests.RequestException as error:
         raise UserError(
             f"tracking server {uri} is not reachable ({type(error).__name__}); start it or fix "
