@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -272,10 +273,12 @@ def _aliases(client: MlflowClient, name: str) -> str:
 
 def access_problem(error: MlflowException) -> str | None:
     """'unauthenticated' or 'permission denied' when a tracking server refused the request."""
-    text = f"{getattr(error, 'error_code', '')} {error}"
-    if "UNAUTHENTICATED" in text or "401" in text:
+    code = str(getattr(error, "error_code", ""))
+    # The REST client reports a refused request as "... failed with error code 403 != 200".
+    status = re.search(r"error code (\d{3})", str(error))
+    if code == "UNAUTHENTICATED" or (status and status.group(1) == "401"):
         return "unauthenticated"
-    if "PERMISSION_DENIED" in text or "403" in text:
+    if code == "PERMISSION_DENIED" or (status and status.group(1) == "403"):
         return "permission denied"
     return None
 
