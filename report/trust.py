@@ -320,7 +320,7 @@ def cascading_randomisation(engine, inputs, classes, max_stages: int, seed: int 
     correlation, per image). Maps that stay the same while the model is destroyed show the
     input, not the model. Weights are restored afterwards, whatever happens."""
     original = engine.explain(inputs, classes).raw_maps
-    weighted = [layer for layer in _layers_in_call_order(engine) if layer.trainable_weights]
+    weighted = [call.layer for call in engine.trace.calls if call.layer.trainable_weights]
     groups = [list(g) for g in np.array_split(np.array(weighted[::-1], dtype=object),
                                                min(max_stages, len(weighted))) if len(g)]
     saved = [(v, v.numpy()) for layer in weighted for v in layer.trainable_weights]
@@ -336,12 +336,6 @@ def cascading_randomisation(engine, inputs, classes, max_stages: int, seed: int 
         for variable, value in saved:
             variable.assign(value)
     return Sanity(stages, correlations)
-
-
-def _layers_in_call_order(engine) -> list:
-    from report.cam.layers import trace_model
-
-    return [call.layer for call in trace_model(engine.model, engine.input_shape).calls]
 
 
 def _reinitialise(layer, seed: int) -> None:

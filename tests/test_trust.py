@@ -10,6 +10,7 @@ import pytest
 from keras import layers
 
 from report.cam.engine import Explanation, GradCAM
+from report.cam.layers import trace_model
 from report.data.records import LoadedImage
 from report.trust import (
     QualityAccumulator,
@@ -42,6 +43,7 @@ class InputEdges:
 
     def __init__(self, model):
         self.model, self.input_shape = model, (SIZE, SIZE, 3)
+        self.trace = trace_model(model, self.input_shape)
 
     def explain(self, inputs, classes=None):
         edges = np.abs(np.diff(inputs[..., 0], axis=1, append=0)) + inputs[..., 1]

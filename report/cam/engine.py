@@ -83,7 +83,7 @@ class CAMEngine:
         self.model = model
         self.score = score
         self.input_shape = model_input_shape(model, input_shape)
-        trace = trace_model(model, self.input_shape)
+        self.trace = trace = trace_model(model, self.input_shape)
         self.target: TargetLayer = choose_target(model, trace, layer)
         # The last layer called, not `model.layers[-1]`: a subclassed model lists its layers in
         # assignment order.
