@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from sklearn.metrics import ConfusionMatrixDisplay
 
-from report.quality import Calibration, RocCurve
+from report.measures import Calibration, RocCurve
 
 # Labels longer than this are rotated so neighbouring x tick labels do not overlap.
 _ROTATE_LABELS_LONGER_THAN = 8

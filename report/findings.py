@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from report import figures, quality
-from report.render import Figure, Finding, Section, Table
-from report.trust import (
+from report import figures, measures
+from report.checks import (
     BORDER_FLAG,
     IMAGE_FLAG,
     OUTSIDE_LUNGS_FLAG,
     SANITY_PASS,
     QualityResults,
 )
+from report.render import Figure, Finding, Section, Table
 
 # --- classification -------------------------------------------------------------------------
 
@@ -25,22 +25,22 @@ from report.trust import (
 def classification_metrics(results: QualityResults) -> dict[str, float]:
     metrics = {}
     if len(results.y_true):
-        for curve in quality.roc_curves(results.y_true, results.probabilities,
+        for curve in measures.roc_curves(results.y_true, results.probabilities,
                                         results.class_names):
             if curve.auc is not None:
                 metrics[f"roc_auc.{curve.class_name}"] = curve.auc
         aucs = [v for k, v in metrics.items() if k.startswith("roc_auc.")]
         if aucs:
             metrics["roc_auc.macro"] = float(np.mean(aucs))
-        metrics["ece"] = quality.calibration(results.y_true, results.probabilities).ece
+        metrics["ece"] = measures.calibration(results.y_true, results.probabilities).ece
     return metrics
 
 
 def classification_figures(results: QualityResults) -> list[Figure]:
     if not len(results.y_true):
         return []
-    curves = quality.roc_curves(results.y_true, results.probabilities, results.class_names)
-    calibration = quality.calibration(results.y_true, results.probabilities)
+    curves = measures.roc_curves(results.y_true, results.probabilities, results.class_names)
+    calibration = measures.calibration(results.y_true, results.probabilities)
     return [
         Figure("ROC curves (one class vs the rest)", figures.roc_svg(curves),
                "Area under each curve in the legend; the dashed diagonal is chance."),
@@ -109,7 +109,7 @@ def _per_class(scores, key: str) -> dict[int, float]:
 
 
 def _mean_auc(curves: np.ndarray) -> float:
-    return float(np.mean(quality.curve_auc(curves)))
+    return float(np.mean(measures.curve_auc(curves)))
 
 
 # --- what the reviewer reads ----------------------------------------------------------------
@@ -273,7 +273,7 @@ def _faithfulness_section(results: QualityResults) -> Section | None:
 
 
 def _faithfulness_row(name, faith, selection) -> list[str]:
-    aucs = [float(np.mean(quality.curve_auc(faith.curves[key][selection])))
+    aucs = [float(np.mean(measures.curve_auc(faith.curves[key][selection])))
             for key in ("deletion", "random deletion", "insertion", "random insertion")]
     return [name, str(len(faith.labels[selection]))] + [f"{v:.3f}" for v in aucs]
 

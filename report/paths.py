@@ -3,7 +3,6 @@
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-TEMPLATES_DIR = PROJECT_ROOT / "templates"
 REPORTS_DIR = PROJECT_ROOT / "reports"
 
 # Absolute, so the store is the same whatever folder a command runs from (DESIGN.md §3).

@@ -19,6 +19,7 @@ from report.artifacts import ArtifactWriter
 from report.cam.engine import METHODS, SCORES, make_engine
 from report.cam.normalise import NORMALISATIONS
 from report.cam.overlay import COLORMAPS
+from report.checks import LEVELS
 from report.data import (
     SYNTHETIC_NAMES,
     detect_layouts,
@@ -31,11 +32,10 @@ from report.data.folder import safe_id
 from report.data.records import Skipped
 from report.data.synthetic import CLASS_NAMES, IMAGE_SIZE
 from report.errors import UserError
+from report.measures import classification_quality
 from report.model import ModelMetadata, build_classifier, compile_classifier
 from report.paths import REPORTS_DIR
-from report.quality import classification_quality
 from report.streaming import Explainer, preprocess
-from report.trust import LEVELS
 
 CHARTED_OVERLAYS = 4  # per class, as MLflow image charts
 

@@ -19,11 +19,11 @@ from report.artifacts import ArtifactWriter
 from report.cam.engine import upsample
 from report.cam.normalise import by_scale, per_image
 from report.cam.overlay import encode_png, label_text, make_overlay
+from report.checks import QualityAccumulator, QualityPlan
 from report.data.batches import Batch, iter_batches
 from report.data.folder import safe_id
 from report.data.records import Skipped
 from report.model import ModelMetadata
-from report.trust import QualityAccumulator, QualityPlan
 
 GRID_IMAGES_PER_CLASS = 12
 EXTREMES = 4

@@ -17,7 +17,7 @@ from report.figures import (
     roc_svg,
     sanity_svg,
 )
-from report.quality import calibration, estimated_lung_fields, roc_curves
+from report.measures import calibration, estimated_lung_fields, roc_curves
 
 HOSTILE = "<b>x</b>"
 SVG_NS = "{http://www.w3.org/2000/svg}"

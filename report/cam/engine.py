@@ -28,7 +28,6 @@ from report.cam.layers import TargetLayer, choose_target, model_input_shape, tra
 from report.errors import UserError
 
 SCORES = ("logit", "probability")
-EPSILON = 1e-7
 
 
 @dataclass(frozen=True)

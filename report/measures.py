@@ -1,4 +1,4 @@
-"""Quality numbers for the audit: classification, calibration, and explanation quality.
+"""Pure measures for the audit: classification, calibration, and explanation quality.
 
 Everything here is plain numpy/scikit-learn/scipy on arrays the pipeline already holds
 (labels, probabilities, maps, masks, class scores); no model is run here. Maps are (B, H, W)
@@ -71,7 +71,7 @@ def _row(name: str, precision, recall, f1, support) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# Classification: ROC curves, calibration, confidence extremes
+# Classification: ROC curves, calibration
 # ---------------------------------------------------------------------------------------------
 
 
@@ -168,27 +168,6 @@ def calibration(y_true, probabilities, n_bins: int = 10) -> Calibration:
     gaps = np.abs(accuracy_per_bin[filled] - confidence_per_bin[filled])
     ece = float(np.sum(count[filled] / len(y_true) * gaps))
     return Calibration(ece, edges, confidence_per_bin, accuracy_per_bin, count)
-
-
-def confidence_extremes(y_true, y_pred, confidence, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of the images most worth a look: hesitant hits and confident mistakes.
-
-    Returns (the k lowest-confidence correct predictions, by ascending confidence; the k
-    highest-confidence wrong predictions, by descending confidence). Either may be shorter
-    than k when there are fewer such images; ties keep the images' order.
-    """
-    if k < 0:
-        raise ValueError(f"k must be non-negative, got {k}")
-    y_true = np.asarray(y_true)
-    y_pred = np.asarray(y_pred)
-    confidence = np.asarray(confidence, dtype=float)
-    if not y_true.shape == y_pred.shape == confidence.shape or y_true.ndim != 1:
-        raise ValueError("y_true, y_pred and confidence must be 1-D arrays of the same length")
-    correct = np.flatnonzero(y_true == y_pred)
-    wrong = np.flatnonzero(y_true != y_pred)
-    hesitant = correct[np.argsort(confidence[correct], kind="stable")][:k]
-    confident = wrong[np.argsort(-confidence[wrong], kind="stable")][:k]
-    return hesitant, confident
 
 
 def _probability_matrix(probabilities, n_images: int) -> np.ndarray:

@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from report.quality import (
+from report.measures import (
     average_drop,
     border_band,
     calibration,
     classification_quality,
-    confidence_extremes,
     curve_auc,
     deletion_order,
     energy_inside,
@@ -116,43 +115,6 @@ def test_ece_matches_a_slow_reference():
 def test_calibration_without_images_is_nan():
     result = calibration(np.array([], dtype=int), np.zeros((0, 2)))
     assert np.isnan(result.ece) and result.bin_count.sum() == 0
-
-
-def test_confidence_extremes_order():
-    y_true = np.array([0, 0, 1, 1, 0, 1, 0, 1])
-    y_pred = np.array([0, 1, 1, 0, 0, 1, 1, 0])
-    confidence = np.array([0.9, 0.6, 0.3, 0.99, 0.5, 0.7, 0.8, 0.6])
-    # correct: 0 (0.9), 2 (0.3), 4 (0.5), 5 (0.7); wrong: 1 (0.6), 3 (0.99), 6 (0.8), 7 (0.6)
-
-    hesitant, confident = confidence_extremes(y_true, y_pred, confidence, k=3)
-
-    assert hesitant.tolist() == [2, 4, 5]
-    assert confident.tolist() == [3, 6, 1]  # 1 and 7 tie at 0.6: the earlier image first
-
-
-def test_confidence_extremes_ties_keep_image_order_on_large_inputs():
-    rng = np.random.default_rng(8)
-    y_true = rng.integers(0, 2, 500)
-    y_pred = rng.integers(0, 2, 500)
-    confidence = rng.integers(5, 10, 500) / 10  # heavy ties
-
-    hesitant, confident = confidence_extremes(y_true, y_pred, confidence, k=60)
-
-    correct = [i for i in range(500) if y_true[i] == y_pred[i]]
-    wrong = [i for i in range(500) if y_true[i] != y_pred[i]]
-    assert hesitant.tolist() == sorted(correct, key=lambda i: (confidence[i], i))[:60]
-    assert confident.tolist() == sorted(wrong, key=lambda i: (-confidence[i], i))[:60]
-
-
-def test_confidence_extremes_with_fewer_images_than_k():
-    hesitant, confident = confidence_extremes(
-        np.array([0, 1]), np.array([0, 1]), np.array([0.8, 0.6]), k=5
-    )
-    assert hesitant.tolist() == [1, 0]
-    assert confident.size == 0
-
-
-# ---------- localisation ----------
 
 
 def test_map_equal_to_the_mask_is_a_perfect_localisation():

@@ -1,6 +1,6 @@
 """How far the heatmaps can be trusted: the measurements that need the data or the model.
 
-The arithmetic of each metric lives in quality.py; this module feeds it. While the report
+The arithmetic of each metric lives in measures.py; this module feeds it. While the report
 streams, `QualityAccumulator.add_batch` scores every image's map against its lung fields,
 border band and lesion mask (and scores a random map the same way, so each number has a
 reference), sums the maps per class for the mean heatmaps, and keeps a bounded sample of
@@ -16,12 +16,12 @@ import cv2
 import keras
 import numpy as np
 
-from report import quality
+from report import measures
 from report.cam.normalise import per_image
 
 LEVELS = ("full", "fast", "off")
 # Shortcut scores use each map's salient part (values >= half its maximum), see
-# quality.salient_part. An image is flagged when more than IMAGE_FLAG of that lies in the border
+# measures.salient_part. An image is flagged when more than IMAGE_FLAG of that lies in the border
 # band (text markers, laterality tokens, collimation edges) or outside the lungs; a class when
 # its mean border share passes BORDER_FLAG (the band is 30% of the image: random maps put about
 # 0.30 there; the demo model's classes 0.06-0.19; a model trained on synthetic-confounded, 0.57
@@ -39,7 +39,6 @@ class QualityPlan:
     steps: int  # fractions of pixels 0, 1/steps, ..., 1
     sanity_images: int
     sanity_stages: int
-    extremes: int = 4
 
     @classmethod
     def of(cls, level: str) -> QualityPlan:
@@ -122,8 +121,8 @@ class QualityAccumulator:
                                                                                   "predicted")}
         self._counts = {kind: np.zeros(len(class_names)) for kind in ("true", "predicted")}
         self._sample: dict[str, list] = {"inputs": [], "maps": [], "classes": [], "labels": []}
-        self._border = quality.border_band(image_size)
-        self._estimated_lungs = quality.estimated_lung_fields(image_size)
+        self._border = measures.border_band(image_size)
+        self._estimated_lungs = measures.estimated_lung_fields(image_size)
         self._batches = 0
 
     def add_batch(self, labels, images, model_inputs, explanation) -> list[list[str]]:
@@ -139,7 +138,7 @@ class QualityAccumulator:
         if not self.plan.explanation_metrics:
             return [[] for _ in labels]
         maps = explanation.maps
-        random = quality.random_maps(maps.shape, seed=self._batches)
+        random = measures.random_maps(maps.shape, seed=self._batches)
         self._batches += 1
         flags = self._score_shortcuts(labels, images, maps, random)
         self._score_localisation(labels, predicted, images, maps, random)
@@ -150,14 +149,14 @@ class QualityAccumulator:
     def _score_shortcuts(self, labels, images, maps, random) -> list[list[str]]:
         lungs = np.stack([self._lungs_of(image) for image in images])
         border = np.broadcast_to(self._border, maps.shape)
-        maps, random = quality.salient_part(maps), quality.salient_part(random)
-        outside = quality.energy_outside(maps, lungs)
-        in_border = quality.energy_inside(maps, border)
+        maps, random = measures.salient_part(maps), measures.salient_part(random)
+        outside = measures.energy_outside(maps, lungs)
+        in_border = measures.energy_inside(maps, border)
         self.shortcut.labels.extend(-1 if label is None else label for label in labels)
         self.shortcut.add("outside_lungs", outside)
         self.shortcut.add("border", in_border)
-        self.shortcut.add("random outside_lungs", quality.energy_outside(random, lungs))
-        self.shortcut.add("random border", quality.energy_inside(random, border))
+        self.shortcut.add("random outside_lungs", measures.energy_outside(random, lungs))
+        self.shortcut.add("random border", measures.energy_inside(random, border))
         return [_shortcut_flags(o, b) for o, b in zip(outside, in_border, strict=True)]
 
     def _lungs_of(self, image) -> np.ndarray:
@@ -180,9 +179,9 @@ class QualityAccumulator:
         masks = np.stack([images[i].lesion_mask for i in chosen])
         self.localisation.labels.extend(labels[i] for i in chosen)
         for prefix, stack in (("", maps[chosen]), ("random ", random[chosen])):
-            self.localisation.add(prefix + "pointing", quality.pointing_hits(stack, masks))
-            self.localisation.add(prefix + "energy", quality.energy_inside(stack, masks))
-            self.localisation.add(prefix + "iou", quality.iou_at(stack, masks))
+            self.localisation.add(prefix + "pointing", measures.pointing_hits(stack, masks))
+            self.localisation.add(prefix + "energy", measures.energy_inside(stack, masks))
+            self.localisation.add(prefix + "iou", measures.iou_at(stack, masks))
 
     def _add_to_means(self, labels, predicted, maps) -> None:
         shown = per_image(maps)
@@ -265,7 +264,7 @@ def faithfulness(engine, inputs, maps, classes, labels, steps: int, batch_size: 
     the probability of the explained class."""
     fractions = np.linspace(0.0, 1.0, steps + 1)
     blurred = np.stack([_blur(image) for image in inputs])
-    random = quality.random_maps(maps.shape, seed=1234)
+    random = measures.random_maps(maps.shape, seed=1234)
     curves = {}
     for name, stack in (("", maps), ("random ", random)):
         deletion, insertion = _perturbation_curves(engine, inputs, blurred, stack, classes,
@@ -276,15 +275,15 @@ def faithfulness(engine, inputs, maps, classes, labels, steps: int, batch_size: 
     for key, stack in (("cam", maps), ("random", random)):
         explained = _class_scores(engine, inputs * per_image(stack)[..., None], classes,
                                   batch_size)
-        drop[key] = quality.average_drop(original, explained)
-        increase[key] = quality.increase_in_confidence(original, explained)
+        drop[key] = measures.average_drop(original, explained)
+        increase[key] = measures.increase_in_confidence(original, explained)
     return Faithfulness(fractions, labels, curves, drop, increase)
 
 
 def _perturbation_curves(engine, inputs, blurred, maps, classes, fractions, batch_size):
     n, height, width = maps.shape
     rank = np.empty((n, height * width), dtype=np.int64)
-    order = quality.deletion_order(maps)
+    order = measures.deletion_order(maps)
     rank[np.arange(n)[:, None], order] = np.arange(height * width)
     rank = rank.reshape(n, height, width, 1)
     deletion, insertion = [], []
@@ -331,7 +330,7 @@ def cascading_randomisation(engine, inputs, classes, max_stages: int, seed: int 
                 _reinitialise(layer, seed + index)
             maps = engine.explain(inputs, classes).raw_maps
             stages.append(f"down to {group[-1].name}")
-            correlations.append(quality.rank_correlation(original, maps))
+            correlations.append(measures.rank_correlation(original, maps))
     finally:
         for variable, value in saved:
             variable.assign(value)

@@ -11,13 +11,13 @@ from keras import layers
 
 from report.cam.engine import Explanation, GradCAM
 from report.cam.layers import trace_model
-from report.data.records import LoadedImage
-from report.trust import (
+from report.checks import (
     QualityAccumulator,
     QualityPlan,
     cascading_randomisation,
     faithfulness,
 )
+from report.data.records import LoadedImage
 
 SIZE = 32
 
