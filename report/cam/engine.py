@@ -24,7 +24,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from report.cam.layers import TargetLayer, choose_target, model_input_shape, trace_model
+from report.cam.layers import (
+    TargetLayer,
+    choose_target,
+    model_input_shape,
+    observed_calls,
+    trace_model,
+)
 from report.errors import UserError
 
 SCORES = ("logit", "probability")
@@ -238,11 +244,12 @@ def _chosen_classes(classes: tf.Tensor, probabilities: tf.Tensor) -> tf.Tensor:
 
 # --- reaching inside a model without rebuilding it ------------------------------------------
 #
-# Keras 3 cannot cut a model at a layer inside a nested backbone (DESIGN.md §7). Instead, while
-# the tf.function traces, the target layer's `call` is wrapped to hand its output to the
-# gradient tape, and the output layer's squashing activation is swapped for identity so the
-# score is the pre-activation logit. Both are undone before tracing ends; the registered model
-# is never changed. This works the same for Sequential, Functional, nested and subclassed
+# Keras 3 cannot cut a model at a layer inside a nested backbone: an inner layer's `.output`
+# belongs to the backbone's own graph, not to the outer model's inputs. Instead, while the
+# tf.function traces, the target layer's `call` is wrapped (`observed_calls`) to hand its output
+# to the gradient tape, and the output layer's squashing activation is swapped for identity so
+# the score is the pre-activation logit. Both are undone before tracing ends; the registered
+# model is never changed. This works the same for Sequential, Functional, nested and subclassed
 # models.
 
 
@@ -253,20 +260,14 @@ class _Captured:
 @contextlib.contextmanager
 def _tap(layer: keras.layers.Layer, tape: tf.GradientTape | None):
     captured = _Captured()
-    original_call = layer.call
 
-    def call_and_capture(*args, **kwargs):
-        outputs = original_call(*args, **kwargs)
+    def capture(outputs) -> None:
         if tape is not None:
             tape.watch(outputs)
         captured.value = outputs
-        return outputs
 
-    object.__setattr__(layer, "call", call_and_capture)
-    try:
+    with observed_calls(layer, capture):
         yield captured
-    finally:
-        object.__delattr__(layer, "call")
     if captured.value is None:
         raise RuntimeError(f"target layer '{layer.name}' was not called by the model")
 

@@ -15,7 +15,9 @@ order.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import keras
 import numpy as np
@@ -114,25 +116,37 @@ def trace_model(model: keras.Model, input_shape: tuple[int, int, int]) -> ModelT
     calls: dict[int, LayerCall] = {}
     with contextlib.ExitStack() as stack:
         for path in leaf_paths(model):
-            stack.enter_context(_recording(path, calls))
+            stack.enter_context(observed_calls(path[-1], _recorder(path, calls)))
         output = model(np.zeros((1, *input_shape), np.float32), training=False)
     return ModelTrace(list(calls.values()), int(output.shape[-1]))
 
 
-@contextlib.contextmanager
-def _recording(path: tuple[keras.layers.Layer, ...], calls: dict[int, LayerCall]):
+def _recorder(path: tuple[keras.layers.Layer, ...], calls: dict[int, LayerCall]):
     layer = path[-1]
-    original_call = layer.call
 
-    def call_and_record(*args, **kwargs):
-        outputs = original_call(*args, **kwargs)
+    def record(outputs) -> None:
         shape = getattr(outputs, "shape", None)
         if shape is not None:
             calls.pop(id(layer), None)  # a shared layer counts where it was called last
             calls[id(layer)] = LayerCall(path, tuple(int(d) for d in shape))
+
+    return record
+
+
+@contextlib.contextmanager
+def observed_calls(layer: keras.layers.Layer, observe: Callable[[Any], None]):
+    """While open, every call of `layer` hands its outputs to `observe`, then returns them
+    unchanged. The wrapper is set on the instance with `object.__setattr__` (bypassing Keras's
+    attribute tracking), shadowing the class's `call`, and deleted on exit, so the layer is
+    left as it was."""
+    original_call = layer.call
+
+    def call_and_observe(*args, **kwargs):
+        outputs = original_call(*args, **kwargs)
+        observe(outputs)
         return outputs
 
-    object.__setattr__(layer, "call", call_and_record)
+    object.__setattr__(layer, "call", call_and_observe)
     try:
         yield
     finally:
