@@ -4,14 +4,14 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
-from report.data.images import resize
-from report.data.labels import LabelResolver, unmapped_reason, unused_note
-from report.data.records import LoadedImage, Record, Skipped
+from report.data.labels import LabelMap
+from report.data.pixels import resize
+from report.data.records import LoadedImage, Record, row_index, row_source
+from report.data.source import Request, RootedSource
 from report.data.split import split_indices
 from report.errors import UserError
 
@@ -24,7 +24,7 @@ def is_arrays_folder(path: Path) -> bool:
     return (path / X_FILE).is_file() and (path / Y_FILE).is_file()
 
 
-class ArraySource:
+class ArraySource(RootedSource):
     """Rows of memory-mapped arrays: only the rows being explained are ever in memory.
 
     Records keep the order `train_test_split` gives, so `--split test` yields the tutorial's
@@ -35,49 +35,46 @@ class ArraySource:
     keeps_duplicates = True
 
     def __init__(
-        self,
-        root: Path,
-        class_names: tuple[str, ...],
-        split: str,
-        label_map: Mapping[str, str | None] | None = None,
-        channel_order: str = "bgr",
+        self, root: Path, class_names: tuple[str, ...], split: str,
+        label_map: LabelMap | None = None, channel_order: str = "bgr",
     ):
         if channel_order not in CHANNEL_ORDERS:
             raise UserError(f"channel order '{channel_order}': use one of {CHANNEL_ORDERS}")
-        self.root, self.channel_order = Path(root), channel_order
+        self.channel_order = channel_order
+        super().__init__(root, class_names, split, label_map)
+
+    matches = staticmethod(is_arrays_folder)
+
+    @classmethod
+    def find_root(cls, path: Path) -> Path:
+        return path  # _open_arrays says what is wrong with the files, more precisely
+
+    @classmethod
+    def from_spec(cls, location: str, request: Request) -> ArraySource:
+        root = cls.named_folder(location)
+        return cls(root, request.class_names, request.split, request.label_map,
+                   request.channel_order)
+
+    def list_records(self) -> None:
         self.x_path = self.root / X_FILE
         self._x, labels = _open_arrays(self.root)
-        resolver = LabelResolver(class_names, {}, label_map)
-        self.records: list[Record] = []
-        self.skipped: list[Skipped] = []
-        for index in split_indices(len(labels), split):
-            self._add(int(index), labels[index], resolver)
-        self.notes = unused_note(resolver) + [
-            f"arrays read as {channel_order.upper()} and shown as RGB; rows in the order of "
-            "train_test_split(test_size=0.2, random_state=40)"
-        ]
-        where = "all rows" if split == "all" else f"{split} split"
-        self.description = f"arrays {self.root} ({where}): {len(self.records)} images"
+        for index in split_indices(len(labels), self.split):
+            self._add(int(index), labels[index])
+        self.notes.append(
+            f"arrays read as {self.channel_order.upper()} and shown as RGB; rows in the order "
+            "of train_test_split(test_size=0.2, random_state=40)"
+        )
 
-    def _add(self, index: int, row: np.ndarray, resolver: LabelResolver) -> None:
-        image_id, source = f"arrays-{index:05d}", f"{self.x_path}[{index}]"
-        class_index = _one_hot_index(row)
+    def _add(self, index: int, row: np.ndarray) -> None:
+        key, source = f"arrays-{index:05d}", row_source(self.x_path, index)
+        class_index = one_hot_index(row)
         if class_index is None:
-            self.skipped.append(Skipped(image_id, source, None, "label row is not one-hot",
-                                        self.name))
-            return
-        source_label = ARRAY_CLASSES[class_index]
-        label = resolver(source_label)
-        if label is None:
-            self.skipped.append(
-                Skipped(image_id, source, None, unmapped_reason(source_label), self.name)
-            )
-            return
-        self.records.append(Record(image_id, source, label, source_label, self.name))
+            self.skip(key, source, None, "label row is not one-hot")
+        else:
+            self.add(key, source, ARRAY_CLASSES[class_index])
 
     def load(self, record: Record, image_size: tuple[int, int]) -> LoadedImage:
-        index = int(record.source.rsplit("[", 1)[1].rstrip("]"))
-        stored = np.asarray(self._x[index])
+        stored = np.asarray(self._x[row_index(record.source)])
         pixels = stored[..., ::-1] if self.channel_order == "bgr" else stored
         return LoadedImage(
             pixels=resize(np.ascontiguousarray(pixels), image_size),
@@ -105,7 +102,8 @@ def _open_arrays(root: Path) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def _one_hot_index(row: np.ndarray) -> int | None:
+def one_hot_index(row: np.ndarray) -> int | None:
+    """The column of the single 1 in a label row, or None when the row is not one-hot."""
     hot = np.flatnonzero(row)
     if len(hot) != 1 or row[hot[0]] != 1:
         return None

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from report.data.records import ImageSource, LoadedImage, Record, Skipped, UnreadableImage
+from report.data.records import LoadedImage, Record, Skipped, UnreadableImage
+from report.data.source import ImageSource
 
 
 @dataclass(frozen=True)
@@ -32,11 +33,11 @@ def iter_batches(
 
     A file with the same bytes as an earlier one is skipped too ("duplicate of <first>"):
     the digest is computed anyway, and a duplicate would count twice in every metric.
-    Sources whose records must stay as they are (the tutorial's arrays) set
+    Sources whose records must stay as they are (the tutorial's arrays, arrays in memory) set
     `keeps_duplicates = True`.
     """
     first_by_digest: dict[str, str] = {}
-    dedupe = not getattr(source, "keeps_duplicates", False)
+    dedupe = not source.keeps_duplicates
     pending_records: list[Record] = []
     pending_images: list[LoadedImage] = []
     for record in records:

@@ -4,12 +4,10 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Mapping
 from pathlib import Path
 
-from report.data.labels import LabelResolver, unused_note
-from report.data.listing import FileSource, Listing, in_split
-from report.errors import UserError
+from report.data.listing import in_split
+from report.data.source import RootedSource
 
 METADATA = "metadata.csv"
 REQUIRED_COLUMNS = ("finding", "filename")
@@ -18,7 +16,7 @@ REQUIRED_COLUMNS = ("finding", "filename")
 DEFAULT_LABEL_MAP = {"COVID-19": "COVID-19", "No Finding": "NORMAL", "Pneumonia": "OTHER_INFECTION"}
 # Placeholders for "not yet known": never a label, whatever a label map says.
 DROPPED_FINDINGS = ("todo", "unknown")
-VIEWS = ("PA", "AP")
+VIEWS = ("PA", "AP")  # upper case: compared with frontal_view()
 MODALITIES = ("X-ray",)
 
 
@@ -29,64 +27,50 @@ def is_cohen_folder(path: Path) -> bool:
     return all(column in _header(metadata) for column in REQUIRED_COLUMNS)
 
 
-class CohenSource(FileSource):
+class CohenSource(RootedSource):
     """One record per metadata row that is a frontal X-ray with a usable finding.
 
     The split is taken over all rows sorted by file, before any filtering, so a different
     label map or view filter never moves an image from train to test."""
 
     name = "cohen"
+    title = "Cohen"
+    expected = (
+        f"{METADATA} with columns {', '.join(REQUIRED_COLUMNS)} next to images/ "
+        "(see docs/DATA.md)"
+    )
+    default_label_map = DEFAULT_LABEL_MAP
+    matches = staticmethod(is_cohen_folder)
 
-    def __init__(
-        self,
-        root: Path,
-        class_names: tuple[str, ...],
-        split: str,
-        label_map: Mapping[str, str | None] | None = None,
-        views: tuple[str, ...] = VIEWS,
-        modalities: tuple[str, ...] = MODALITIES,
-    ):
-        super().__init__()
-        self.root = Path(root)
-        if not is_cohen_folder(self.root):
-            raise UserError(
-                f"'{root}' is not the Cohen layout: expected {METADATA} with columns "
-                f"{', '.join(REQUIRED_COLUMNS)} next to images/ (see docs/DATA.md)"
-            )
-        self.views = tuple(v.upper() for v in views)
-        self.modalities = tuple(m.lower() for m in modalities)
-        resolver = LabelResolver(class_names, DEFAULT_LABEL_MAP, label_map)
-        listing = Listing(self.name, resolver)
+    def list_records(self) -> None:
         listed: set[Path] = set()
-        for row in in_split(read_rows(self.root / METADATA), split):
-            self._add(row, listing, listed)
-        self.take(listing)
-        self.notes += unused_note(resolver)
-        self.description = self.describe(
-            self.root, split, f"{'/'.join(self.views)} views, {', '.join(modalities)}"
-        )
+        for row in in_split(read_rows(self.root / METADATA), self.split):
+            self._add(row, listed)
 
-    def _add(self, row: dict[str, str], listing: Listing, listed: set[Path]) -> None:
+    def describe(self) -> str:
+        return super().describe(f"{'/'.join(VIEWS)} views, {', '.join(MODALITIES)}")
+
+    def _add(self, row: dict[str, str], listed: set[Path]) -> None:
         path = self.root / (row.get("folder") or "images") / row["filename"]
         key = Path(row["filename"]).stem or "row"
         finding = row["finding"]
         dropped = finding.lower() in DROPPED_FINDINGS
-        label = None if dropped else listing.resolve(finding)
+        label = None if dropped else self.resolve(finding)
         reason = self._reason(row, path, listed)
         if reason:
-            listing.skip(key, str(path), label, reason)
+            self.skip(key, str(path), label, reason)
         else:
-            listing.add(key, str(path), finding)
+            self.add(key, str(path), finding)
 
     def _reason(self, row: dict[str, str], path: Path, listed: set[Path]) -> str:
         """Why a row is not used, or "" when it is; the first reason that applies."""
         finding, modality, view = row["finding"], row.get("modality", ""), row.get("view", "")
         if finding.lower() in DROPPED_FINDINGS or not finding:
             return f"label '{finding}' dropped"
-        if modality.lower() not in self.modalities:
+        if modality.lower() not in {m.lower() for m in MODALITIES}:
             return f"modality {modality or 'missing'}"
-        if frontal_view(view) not in self.views:
-            return f"view {view or 'missing'} not {'/'.join(self.views)}"
+        if frontal_view(view) not in VIEWS:
+            return f"view {view or 'missing'} not {'/'.join(VIEWS)}"
         if not row["filename"]:
             return "row names no file"
         if path in listed:

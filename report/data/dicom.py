@@ -1,5 +1,8 @@
 """DICOM files -> 8-bit RGB, the way a radiology viewer would first show them.
 
+Reading the header (read_dataset, frame_size) and decoding the pixels (to_rgb) are separate
+steps, so images.py can refuse an oversized film in between.
+
 Order matters and follows the standard's display pipeline: stored values -> modality LUT
 (rescale slope/intercept) -> VOI LUT or window -> 0..255 -> inverted for MONOCHROME1, whose
 low values mean white.
@@ -14,24 +17,11 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing, get_decoder
 
-from report.data.images import check_size, gray_to_rgb, stretch
+from report.data.pixels import gray_to_rgb, stretch
 from report.data.records import UnreadableImage
 
 
-def decode_dicom(data: bytes) -> np.ndarray:
-    """Bytes of a DICOM file -> uint8 (H, W, 3) RGB of its first frame."""
-    dataset = _read_dataset(data)
-    check_size(int(dataset.get("Columns", 0)), int(dataset.get("Rows", 0)))
-    pixels = _first_frame(_pixel_array(dataset), dataset)
-    if int(dataset.get("SamplesPerPixel", 1)) == 3:
-        return _colour_to_uint8(pixels, dataset)
-    gray = _gray_to_uint8(pixels, dataset)
-    if dataset.get("PhotometricInterpretation") == "MONOCHROME1":
-        gray = 255 - gray
-    return gray_to_rgb(gray)
-
-
-def _read_dataset(data: bytes) -> pydicom.Dataset:
+def read_dataset(data: bytes) -> pydicom.Dataset:
     try:
         dataset = pydicom.dcmread(io.BytesIO(data))
     except (InvalidDicomError, EOFError, ValueError, OSError) as error:
@@ -39,6 +29,22 @@ def _read_dataset(data: bytes) -> pydicom.Dataset:
     if "PixelData" not in dataset:
         raise UnreadableImage("DICOM file has no pixel data")
     return dataset
+
+
+def frame_size(dataset: pydicom.Dataset) -> tuple[int, int]:
+    """Width and height from the header, known before any pixel data is decoded."""
+    return int(dataset.get("Columns", 0)), int(dataset.get("Rows", 0))
+
+
+def to_rgb(dataset: pydicom.Dataset) -> np.ndarray:
+    """A read DICOM file -> uint8 (H, W, 3) RGB of its first frame."""
+    pixels = _first_frame(_pixel_array(dataset), dataset)
+    if int(dataset.get("SamplesPerPixel", 1)) == 3:
+        return _colour_to_uint8(pixels, dataset)
+    gray = _gray_to_uint8(pixels, dataset)
+    if dataset.get("PhotometricInterpretation") == "MONOCHROME1":
+        gray = 255 - gray
+    return gray_to_rgb(gray)
 
 
 def _pixel_array(dataset: pydicom.Dataset) -> np.ndarray:

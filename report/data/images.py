@@ -12,10 +12,10 @@ import io
 import warnings
 from pathlib import Path
 
-import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from report.data.pixels import gray_to_rgb, resize, resize_mask, scale_to_uint8
 from report.data.records import Box, LoadedImage, UnreadableImage
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
@@ -23,6 +23,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
 # 300 MB to decode, and no chest X-ray needs more than a few megapixels. Change it here.
 MAX_PIXELS = 50_000_000
 NOT_DECODABLE = "not a decodable PNG/JPEG image"
+PIL_FORMATS = ("PNG", "JPEG")
 
 
 def read_image_file(
@@ -57,14 +58,14 @@ def read_bytes(path: Path) -> bytes:
 def decode_image(data: bytes, suffix: str = "") -> np.ndarray:
     """Bytes -> uint8 (H, W, 3) RGB at the file's own size."""
     if is_dicom(data, suffix):
-        from report.data.dicom import decode_dicom  # pydicom is only needed for DICOM
-
-        return decode_dicom(data)
+        return _decode_dicom(data)
     try:
         with warnings.catch_warnings():
             # Our MAX_PIXELS check below replaces PIL's own decompression-bomb warning.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            # Only the formats the product reads: whether an odd file is identified must not
+            # depend on which of PIL's other plugins some library happened to load.
+            image = Image.open(io.BytesIO(data), formats=PIL_FORMATS)
     except UnidentifiedImageError as error:
         raise UnreadableImage(NOT_DECODABLE) from error
     except Image.DecompressionBombError as error:
@@ -77,6 +78,15 @@ def decode_image(data: bytes, suffix: str = "") -> np.ndarray:
         return to_rgb(ImageOps.exif_transpose(image))
     except Exception as error:  # a truncated or corrupt file can fail in many ways
         raise UnreadableImage(f"truncated or corrupt image: {error}") from error
+
+
+def _decode_dicom(data: bytes) -> np.ndarray:
+    """The size guard runs between reading the header and decoding the pixels, as for PNG."""
+    from report.data import dicom  # pydicom is only needed for DICOM
+
+    dataset = dicom.read_dataset(data)
+    check_size(*dicom.frame_size(dataset))
+    return dicom.to_rgb(dataset)
 
 
 def is_dicom(data: bytes, suffix: str = "") -> bool:
@@ -102,30 +112,6 @@ def to_rgb(image: Image.Image) -> np.ndarray:
         # Palette images may carry transparency; going through RGBA keeps PIL from warning.
         image = image.convert("RGBA")
     return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
-
-
-def scale_to_uint8(values: np.ndarray) -> np.ndarray:
-    """16-bit and integer data scaled onto 0..255 (PIL's own conversion clips at 255).
-
-    Unsigned 16-bit data is scaled by its type's range, as OpenCV (and so the tutorial) does;
-    anything else by its own range."""
-    values = values.astype(np.float64)
-    low, high = 0.0, 65535.0
-    if values.min() < 0 or values.max() > 65535:
-        low, high = float(values.min()), float(values.max())
-    return stretch(values, low, high)
-
-
-def stretch(values: np.ndarray, low: float, high: float) -> np.ndarray:
-    """Linear map of low -> 0 and high -> 255, rounded; a flat image becomes black."""
-    if high == low:
-        return np.zeros(values.shape, np.uint8)
-    scaled = (values.astype(np.float64) - low) * (255.0 / (high - low))
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
-
-
-def gray_to_rgb(gray: np.ndarray) -> np.ndarray:
-    return np.repeat(gray[:, :, None], 3, axis=2)
 
 
 def read_mask(path: Path, image_size: tuple[int, int]) -> np.ndarray:
@@ -156,20 +142,3 @@ def _span(start: float, stop: float, limit: int) -> slice:
     last = int(np.ceil(stop - 0.5))
     first = min(max(first, 0), limit - 1)
     return slice(first, min(max(last, first + 1), limit))
-
-
-def resize(pixels: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
-    height, width = image_size
-    if pixels.shape[:2] == (height, width):
-        return pixels
-    shrinking = pixels.shape[0] > height or pixels.shape[1] > width
-    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    return cv2.resize(pixels, (width, height), interpolation=interpolation)
-
-
-def resize_mask(mask: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
-    height, width = image_size
-    if mask.shape == (height, width):
-        return mask
-    resized = cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
-    return resized.astype(bool)

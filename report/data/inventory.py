@@ -9,7 +9,8 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from report.data.records import ImageSource, Record, Skipped
+from report.data.records import Record, Skipped
+from report.data.source import ImageSource
 
 BEYOND_LIMIT = "beyond --limit"
 NO_CLASS = "no model class"
@@ -58,7 +59,6 @@ def take_inventory(
     found counts the source's records and its listing-time skips; used counts `explained`;
     skipped counts listing-time skips, unreadable images and records beyond the limit.
     """
-    default = source_name(source)
     records = list(source.records)
     beyond = records[limit:] if limit else []
     found, used, skipped = Counter(), Counter(), Counter()
@@ -66,13 +66,13 @@ def take_inventory(
 
     def key(item: Record | Skipped) -> tuple[str, str]:
         name = NO_CLASS if item.label is None else class_names[item.label]
-        return item.dataset or default, name
+        return item.dataset or source.name, name
 
     def skip(item: Record | Skipped, reason: str) -> None:
         skipped[key(item)] += 1
         reasons.setdefault(key(item), Counter())[reason_group(reason)] += 1
 
-    listing_skips = list(getattr(source, "skipped", []))
+    listing_skips = list(source.skipped)
     for item in [*records, *listing_skips]:
         found[key(item)] += 1
     for record in explained:
@@ -87,11 +87,7 @@ def take_inventory(
         for row_key in _row_order(found | used | skipped, class_names)
     ]
     _check(rows)
-    return DataInventory(rows, list(getattr(source, "notes", [])))
-
-
-def source_name(source: ImageSource) -> str:
-    return getattr(source, "name", None) or type(source).__name__.removesuffix("Source").lower()
+    return DataInventory(rows, list(source.notes))
 
 
 def reason_group(reason: str) -> str:

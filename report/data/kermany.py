@@ -8,12 +8,10 @@ metadata (`__MACOSX/`, `.DS_Store`); an image that appears in two trees counts o
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from pathlib import Path
 
-from report.data.labels import LabelResolver, unused_note
-from report.data.listing import FileSource, Listing, find_child, image_files, left_out_note
-from report.errors import UserError
+from report.data.listing import find_child
+from report.data.source import RootedSource
 
 CLASSES = ("NORMAL", "PNEUMONIA")
 DEFAULT_LABEL_MAP = {"NORMAL": "NORMAL", "PNEUMONIA": "OTHER_INFECTION"}
@@ -21,6 +19,10 @@ DEFAULT_LABEL_MAP = {"NORMAL": "NORMAL", "PNEUMONIA": "OTHER_INFECTION"}
 SPLIT_FOLDERS = {"train": ("train",), "test": ("test",), "all": ("train", "val", "test")}
 # person{N}_bacteria_{M}.jpeg / person{N}_virus_{M}.jpeg: the pathogen is in the name.
 PATHOGEN = re.compile(r"_(bacteria|virus)_", re.IGNORECASE)
+
+
+def is_kermany_folder(path: Path) -> bool:
+    return bool(kermany_trees(path))
 
 
 def kermany_trees(path: Path) -> list[Path]:
@@ -41,40 +43,33 @@ def _is_tree(path: Path) -> bool:
     return False
 
 
-class KermanySource(FileSource):
-    name = "kermany"
+class KermanySource(RootedSource):
+    """Kermany's own split folders; an image in several copies of the tree is read once."""
 
-    def __init__(
-        self,
-        root: Path,
-        class_names: tuple[str, ...],
-        split: str,
-        label_map: Mapping[str, str | None] | None = None,
-    ):
-        super().__init__()
-        self.root = Path(root)
+    name = "kermany"
+    title = "Kermany"
+    expected = "chest_xray/{train,test,val}/{NORMAL,PNEUMONIA}/*.jpeg (see docs/DATA.md)"
+    default_label_map = DEFAULT_LABEL_MAP
+    matches = staticmethod(is_kermany_folder)
+
+    @classmethod
+    def find_root(cls, path: Path) -> Path:
+        """The outermost copy of the tree; the copies inside it are found again from there."""
+        return kermany_trees(super().find_root(path))[0]
+
+    def list_records(self) -> None:
         trees = kermany_trees(self.root)
-        if not trees:
-            raise UserError(
-                f"'{root}' is not the Kermany layout: expected chest_xray/{{train,test,val}}/"
-                "{NORMAL,PNEUMONIA}/*.jpeg (see docs/DATA.md)"
-            )
-        resolver = LabelResolver(class_names, DEFAULT_LABEL_MAP, label_map)
-        listing = Listing(self.name, resolver)
         first_copy: dict[str, Path] = {}
         for tree in trees:
-            for split_name in SPLIT_FOLDERS[split]:
-                self._list_split(tree, split_name, listing, first_copy)
-        self.take(listing)
-        self.notes += unused_note(resolver)
+            for split_name in SPLIT_FOLDERS[self.split]:
+                self._list_split(tree, split_name, first_copy)
         if len(trees) > 1:
             self.notes.append(
                 f"{len(trees)} copies of the Kermany tree found; each image is read from "
                 f"{trees[0]} and its copies are counted as duplicates"
             )
-        self.description = self.describe(trees[0] if trees else self.root, split)
 
-    def _list_split(self, tree: Path, split: str, listing: Listing, first_copy: dict) -> None:
+    def _list_split(self, tree: Path, split: str, first_copy: dict[str, Path]) -> None:
         split_dir = find_child(tree, split)
         if split_dir is None:
             return
@@ -82,20 +77,17 @@ class KermanySource(FileSource):
             folder = find_child(split_dir, class_name)
             if folder is None:
                 continue
-            images, left_out = image_files(folder)
-            self.notes += left_out_note(left_out, f"{split}/{folder.name}/")
-            for path in images:
-                self._add(path, f"{split}/{class_name}/{path.name}", listing, first_copy)
+            for path in self.images_in(folder, f"{split}/{folder.name}/"):
+                self._add(path, f"{split}/{class_name}/{path.name}", first_copy)
 
-    @staticmethod
-    def _add(path: Path, key: str, listing: Listing, first_copy: dict[str, Path]) -> None:
+    def _add(self, path: Path, key: str, first_copy: dict[str, Path]) -> None:
         relative = Path(key).with_suffix("").as_posix()
         first = first_copy.setdefault(key.lower(), path)
         if first != path:
-            listing.skip(relative, str(path), listing.resolve(label_of(path, key)),
-                         f"duplicate of {first}")
+            self.skip(relative, str(path), self.resolve(label_of(path, key)),
+                      f"duplicate of {first}")
             return
-        listing.add(relative, str(path), label_of(path, key))
+        self.add(relative, str(path), label_of(path, key))
 
 
 def label_of(path: Path, key: str) -> str:

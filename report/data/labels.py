@@ -66,6 +66,12 @@ class LabelResolver:
                 return self._class_index(self._defaults[level])
         return None
 
+    def knows(self, label: str) -> bool:
+        """Whether the user's map, the model's classes or the default map say anything about
+        `label`: a label none of them knows is a typo, not one to drop (labels -> None)."""
+        tables = (self._user, self._classes, self._defaults)
+        return any(level in table for level in _levels(label) for table in tables)
+
     def unused_entries(self) -> list[str]:
         """Entries of the user's map that matched no label: likely typos, worth a note."""
         return sorted(set(self._user) - self._user_keys_used)

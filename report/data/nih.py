@@ -5,13 +5,12 @@ and the boxes of `BBox_List_2017.csv` for 984 of them, which become lesion masks
 from __future__ import annotations
 
 import csv
-from collections.abc import Mapping
 from pathlib import Path
 
-from report.data.labels import LabelResolver, unmapped_reason, unused_note
-from report.data.listing import FileSource, Listing, in_split, is_junk
+from report.data.labels import unmapped_reason
+from report.data.listing import in_split, is_junk
 from report.data.records import Box
-from report.errors import UserError
+from report.data.source import RootedSource
 
 ENTRIES = ("Data_Entry_2017.csv", "Data_Entry_2017_v2020.csv")
 BOXES_CSV = "BBox_List_2017.csv"
@@ -21,66 +20,55 @@ DEFAULT_LABEL_MAP = {"No Finding": "NORMAL", "Pneumonia": "OTHER_INFECTION"}
 BOX_LABEL_ALIASES = {"Infiltrate": "Infiltration"}
 
 
+def is_nih_folder(path: Path) -> bool:
+    return entries_file(path) is not None
+
+
 def entries_file(path: Path) -> Path | None:
     return next((path / name for name in ENTRIES if (path / name).is_file()), None)
 
 
-class NihSource(FileSource):
+class NihSource(RootedSource):
     """One record per entry whose findings reach exactly one model class. An entry with
     findings that map to two classes (say Pneumonia and a finding you mapped elsewhere) is
     skipped rather than given one of them."""
 
     name = "nih"
+    title = "NIH"
+    expected = f"{ENTRIES[0]} there"
+    default_label_map = DEFAULT_LABEL_MAP
+    matches = staticmethod(is_nih_folder)
 
-    def __init__(
-        self,
-        root: Path,
-        class_names: tuple[str, ...],
-        split: str,
-        label_map: Mapping[str, str | None] | None = None,
-    ):
-        super().__init__()
-        self.root = Path(root)
-        entries = entries_file(self.root)
-        if entries is None:
-            raise UserError(f"'{root}' is not the NIH layout: expected {ENTRIES[0]} there")
-        self.class_names = class_names
-        resolver = LabelResolver(class_names, DEFAULT_LABEL_MAP, label_map)
-        listing = Listing(self.name, resolver)
+    def list_records(self) -> None:
         files = self._index_images()
         boxes = read_boxes(self.root / BOXES_CSV)
         seen: set[str] = set()
-        for name, findings in self._split(read_entries(entries), split):
-            self._add(name, findings, files, boxes, seen, listing)
-        self.take(listing)
-        self.notes += unused_note(resolver)
-        self.description = self.describe(self.root, split)
+        for name, findings in self._split(read_entries(entries_file(self.root))):
+            self._add(name, findings, files, boxes, seen)
 
-    def _add(self, name, findings, files, boxes, seen, listing: Listing) -> None:
+    def _add(self, name, findings, files, boxes, seen) -> None:
         path = files.get(name, self.root / "images" / name)
         key = Path(name).stem
-        labels = {listing.resolve(f) for f in findings.split("|")} - {None}
+        labels = {self.resolve(f) for f in findings.split("|")} - {None}
         label = next(iter(labels)) if len(labels) == 1 else None
         if name in seen:
-            listing.skip(key, str(path), label, f"duplicate of {path}")
+            self.skip(key, str(path), label, f"duplicate of {path}")
         elif name not in files:
-            listing.skip(key, str(path), label, "missing file")
+            self.skip(key, str(path), label, "missing file")
         elif len(labels) > 1:
             names = ", ".join(sorted(self.class_names[i] for i in labels))
-            listing.skip(key, str(path), None,
-                         f"labels '{findings}' map to several model classes ({names})")
+            self.skip(key, str(path), None,
+                      f"labels '{findings}' map to several model classes ({names})")
         elif label is None:
-            listing.skip(key, str(path), None, unmapped_reason(findings))
+            self.skip(key, str(path), None, unmapped_reason(findings))
         else:
-            kept = self._boxes(boxes.get(name), label, listing)
-            listing.add(key, str(path), findings, boxes=kept, label=label)
+            self.keep(key, str(path), label, findings, boxes=self._boxes(boxes.get(name), label))
         seen.add(name)
 
-    @staticmethod
-    def _boxes(boxes: list[tuple[str, Box]] | None, label: int, listing: Listing):
+    def _boxes(self, boxes: list[tuple[str, Box]] | None, label: int):
         """The boxes of findings that map to the record's class; None when there are none
         (NIH boxed only some findings of some images: no box is not "no lesion")."""
-        kept = tuple(box for finding, box in boxes or [] if listing.resolve(finding) == label)
+        kept = tuple(box for finding, box in boxes or [] if self.resolve(finding) == label)
         return kept or None
 
     def _index_images(self) -> dict[str, Path]:
@@ -97,14 +85,14 @@ class NihSource(FileSource):
             self.notes.append(f"{copies} extra copies of image files ignored (same name)")
         return files
 
-    def _split(self, entries: list[tuple[str, str]], split: str) -> list[tuple[str, str]]:
+    def _split(self, entries: list[tuple[str, str]]) -> list[tuple[str, str]]:
         """NIH's official patient-wise split when its lists are there, else ours."""
-        listed = self.root / SPLIT_LISTS.get(split, "")
-        if split != "all" and listed.is_file():
+        listed = self.root / SPLIT_LISTS.get(self.split, "")
+        if self.split != "all" and listed.is_file():
             names = set(listed.read_text(encoding="utf-8").split())
             self.notes.append(f"split from NIH's {listed.name}")
             return [entry for entry in entries if entry[0] in names]
-        return in_split(entries, split)
+        return in_split(entries, self.split)
 
 
 def read_entries(path: Path) -> list[tuple[str, str]]:

@@ -6,19 +6,10 @@ shortcut check then uses instead of estimating the lungs."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 
-from report.data.labels import LabelResolver, unused_note
-from report.data.listing import (
-    FileSource,
-    Listing,
-    find_child,
-    image_files,
-    in_split,
-    left_out_note,
-)
-from report.errors import UserError
+from report.data.listing import find_child, in_split
+from report.data.source import RootedSource
 
 CLASS_FOLDERS = ("COVID", "Normal", "Lung_Opacity", "Viral Pneumonia")
 DEFAULT_LABEL_MAP = {
@@ -28,6 +19,10 @@ DEFAULT_LABEL_MAP = {
     "Lung_Opacity": "OTHER_INFECTION",
 }
 NESTED = "COVID-19_Radiography_Dataset"  # the folder inside the Kaggle zip
+
+
+def is_radiography_folder(path: Path) -> bool:
+    return radiography_root(path) is not None
 
 
 def radiography_root(path: Path) -> Path | None:
@@ -41,41 +36,32 @@ def radiography_root(path: Path) -> Path | None:
     return None
 
 
-class RadiographySource(FileSource):
-    name = "radiography"
+class RadiographySource(RootedSource):
+    """Every folder with images/ is a class; its masks/ give the images' lung masks."""
 
-    def __init__(
-        self,
-        root: Path,
-        class_names: tuple[str, ...],
-        split: str,
-        label_map: Mapping[str, str | None] | None = None,
-    ):
-        super().__init__()
-        self.root = radiography_root(Path(root))
-        if self.root is None:
-            raise UserError(
-                f"'{root}' is not the COVID-19 Radiography Database layout: expected "
-                f"{', '.join(CLASS_FOLDERS)} folders, each with images/ and masks/"
-            )
-        resolver = LabelResolver(class_names, DEFAULT_LABEL_MAP, label_map)
-        listing = Listing(self.name, resolver)
+    name = "radiography"
+    title = "COVID-19 Radiography Database"
+    expected = f"{', '.join(CLASS_FOLDERS)} folders, each with images/ and masks/"
+    default_label_map = DEFAULT_LABEL_MAP
+    matches = staticmethod(is_radiography_folder)
+
+    @classmethod
+    def find_root(cls, path: Path) -> Path:
+        return radiography_root(super().find_root(path))  # maybe the zip's inner folder
+
+    def list_records(self) -> None:
         folders = sorted(p for p in self.root.iterdir() if (p / "images").is_dir())
         # Every folder with images/ is a class; unknown names go through the label map.
-        files = [(path, folder) for folder in folders for path in self._images(folder)]
+        files = [
+            (path, folder)
+            for folder in folders
+            for path in self.images_in(folder / "images", f"{folder.name}/images/")
+        ]
         without_mask = 0
-        for path, folder in in_split(files, split):
+        for path, folder in in_split(files, self.split):
             mask = folder / "masks" / path.name
             without_mask += not mask.is_file()
-            listing.add(f"{folder.name}/{path.stem}", str(path), folder.name,
-                        mask=str(mask) if mask.is_file() else None)
-        self.take(listing)
-        self.notes += unused_note(resolver)
+            self.add(f"{folder.name}/{path.stem}", str(path), folder.name,
+                     mask=str(mask) if mask.is_file() else None)
         if without_mask:
             self.notes.append(f"{without_mask} image(s) have no lung mask under masks/")
-        self.description = self.describe(self.root, split)
-
-    def _images(self, folder: Path) -> list[Path]:
-        images, left_out = image_files(folder / "images")
-        self.notes += left_out_note(left_out, f"{folder.name}/images/")
-        return images

@@ -1,9 +1,10 @@
-"""What every image source yields: records to read, and the files it had to skip."""
+"""What every image source yields: records to read, and the files it had to skip.
+
+The sources themselves derive from `ImageSource` in source.py."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
@@ -54,17 +55,11 @@ class LoadedImage:
     lung_mask: np.ndarray | None = None
 
 
-class ImageSource(Protocol):
-    """A data source: a description, the records of the chosen split, and a way to read one.
+def row_source(array: object, index: int) -> str:
+    """The `source` of an array row: `FILE[index]`, or `NAME[index]` for arrays in memory."""
+    return f"{array}[{index}]"
 
-    Sources also carry `name` (the data set, e.g. "kermany"), `notes` (sentences for the
-    report) and `skipped` (what listing found but could not use); read those with getattr,
-    since older sources may lack them.
-    """
 
-    description: str
-    records: list[Record]
-
-    def load(self, record: Record, image_size: tuple[int, int]) -> LoadedImage:
-        """Read one record; raises UnreadableImage when the file cannot be decoded."""
-        ...
+def row_index(source: str) -> int:
+    """The row a `row_source` string names."""
+    return int(source.rsplit("[", 1)[1].rstrip("]"))

@@ -5,13 +5,11 @@ width, height, Target; one row per box, several per patient) and the DICOM films
 from __future__ import annotations
 
 import csv
-from collections.abc import Mapping
 from pathlib import Path
 
-from report.data.labels import LabelResolver, unused_note
-from report.data.listing import FileSource, Listing, in_split
+from report.data.listing import in_split
 from report.data.records import Box
-from report.errors import UserError
+from report.data.source import RootedSource
 
 LABELS_CSV = "stage_2_train_labels.csv"
 CLASS_INFO_CSV = "stage_2_detailed_class_info.csv"
@@ -31,39 +29,30 @@ def is_rsna_folder(path: Path) -> bool:
     return (path / LABELS_CSV).is_file()
 
 
-class RsnaSource(FileSource):
-    name = "rsna"
+class RsnaSource(RootedSource):
+    """One record per patient, with that patient's boxes (none for Target 0)."""
 
-    def __init__(
-        self,
-        root: Path,
-        class_names: tuple[str, ...],
-        split: str,
-        label_map: Mapping[str, str | None] | None = None,
-    ):
-        super().__init__()
-        self.root = Path(root)
-        if not is_rsna_folder(self.root):
-            raise UserError(f"'{root}' is not the RSNA layout: expected {LABELS_CSV} there")
+    name = "rsna"
+    title = "RSNA"
+    expected = f"{LABELS_CSV} there"
+    default_label_map = DEFAULT_LABEL_MAP
+    matches = staticmethod(is_rsna_folder)
+
+    def list_records(self) -> None:
         patients, bad = read_labels(self.root / LABELS_CSV)
         classes = self._class_info()
-        resolver = LabelResolver(class_names, DEFAULT_LABEL_MAP, label_map)
-        listing = Listing(self.name, resolver)
         # One image per patient: the split is over patients sorted by id.
-        for patient in in_split(sorted(patients), split):
+        for patient in in_split(sorted(patients), self.split):
             boxes = tuple(patients[patient])
             label = classes.get(patient) or ("Lung Opacity" if boxes else "No Lung Opacity")
             path = self.root / IMAGES / f"{patient}.dcm"
             if patient in bad:
-                listing.skip(patient, str(path), listing.resolve(label), bad[patient])
+                self.skip(patient, str(path), self.resolve(label), bad[patient])
             elif not path.is_file():
-                listing.skip(patient, str(path), listing.resolve(label), "missing file")
+                self.skip(patient, str(path), self.resolve(label), "missing file")
             else:
                 # () says "no lesion here", which Target 0 does say.
-                listing.add(patient, str(path), label, boxes=boxes)
-        self.take(listing)
-        self.notes += unused_note(resolver)
-        self.description = self.describe(self.root, split)
+                self.add(patient, str(path), label, boxes=boxes)
 
     def _class_info(self) -> dict[str, str]:
         path = self.root / CLASS_INFO_CSV

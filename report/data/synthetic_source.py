@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 
 from report.data import synthetic
-from report.data.images import resize, resize_mask
+from report.data.pixels import resize, resize_mask
 from report.data.records import LoadedImage, Record
+from report.data.source import ImageSource, Request
 from report.data.split import split_indices
 from report.errors import UserError
 
@@ -14,27 +15,32 @@ DEFAULT_COUNT = 600
 SEED = 0
 
 
-class SyntheticSource:
-    def __init__(self, class_names: tuple[str, ...], split: str, count: int = DEFAULT_COUNT,
-                 confounded: bool = False):
-        self.notes: list[str] = []
-        self.skipped: list = []  # generated images are never unusable
-        self.confounded = confounded
-        self.name = "synthetic-confounded" if confounded else "synthetic"
-        self.label_map = _label_map(class_names)
-        indices = sorted(split_indices(count, split))
-        self.records = [
-            Record(
-                image_id=f"synthetic-{i:05d}",
-                source=f"synthetic:{i}",
-                label=self.label_map[synthetic.label_of(i)],
-            )
-            for i in indices
-        ]
-        where = "all images" if split == "all" else f"{split} split"
-        name = "synthetic-confounded" if confounded else "synthetic"
-        self.description = (
-            f"{name} ({count} images, seed {SEED}), {where}: {len(self.records)} images"
+class SyntheticSource(ImageSource):
+    """Films generated on demand; never unreadable, so nothing is ever skipped. The label
+    map does not apply: generated classes match the model's by name."""
+
+    name = "synthetic"
+    location_optional = True  # `--data synthetic` alone
+    confounded = False
+
+    def __init__(self, class_names: tuple[str, ...], split: str, count: int = DEFAULT_COUNT):
+        self.count = count
+        self.model_class = _model_classes(class_names)
+        super().__init__(class_names, split)
+
+    @classmethod
+    def from_spec(cls, location: str, request: Request) -> SyntheticSource:
+        return cls(request.class_names, request.split, parse_count(cls.name, location))
+
+    def list_records(self) -> None:
+        for i in sorted(split_indices(self.count, self.split)):
+            label = self.model_class[synthetic.label_of(i)]
+            self.keep(f"synthetic-{i:05d}", f"synthetic:{i}", label)
+
+    def describe(self) -> str:
+        return (
+            f"{self.name} ({self.count} images, seed {SEED}), {self.where()}: "
+            f"{len(self.records)} images"
         )
 
     def load(self, record: Record, image_size: tuple[int, int]) -> LoadedImage:
@@ -49,7 +55,15 @@ class SyntheticSource:
         )
 
 
-def _label_map(class_names: tuple[str, ...]) -> dict[int, int]:
+class ConfoundedSyntheticSource(SyntheticSource):
+    """The same films with a hospital-style tag burned into most COVID-19 films (and their
+    opacities fainter): a shortcut a model learns, for the shortcut check to find."""
+
+    name = "synthetic-confounded"
+    confounded = True
+
+
+def _model_classes(class_names: tuple[str, ...]) -> dict[int, int]:
     """Generator class index -> model class index, by case-insensitive name."""
     model_index = {name.lower(): i for i, name in enumerate(class_names)}
     missing = [n for n in synthetic.CLASS_NAMES if n.lower() not in model_index]
@@ -62,10 +76,12 @@ def _label_map(class_names: tuple[str, ...]) -> dict[int, int]:
     return {i: model_index[name.lower()] for i, name in enumerate(synthetic.CLASS_NAMES)}
 
 
-def parse_count(spec: str) -> int:
-    _, _, count = spec.partition(":")
+def parse_count(name: str, count: str) -> int:
+    """COUNT of `--data NAME:COUNT` ("" when the spec is the bare NAME)."""
     if not count:
         return DEFAULT_COUNT
     if not count.isdigit() or int(count) < 5:
-        raise UserError(f"--data '{spec}': use synthetic or synthetic:COUNT with COUNT >= 5")
+        raise UserError(
+            f"--data '{name}:{count}': use synthetic or synthetic:COUNT with COUNT >= 5"
+        )
     return int(count)

@@ -7,7 +7,6 @@ folders always give the same images."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,29 +15,42 @@ import numpy as np
 from report.data.cohen import CohenSource
 from report.data.ids import unique_id
 from report.data.kermany import KermanySource
-from report.data.listing import FileSource, in_split
+from report.data.labels import LabelMap
+from report.data.listing import in_split
 from report.data.records import Record
+from report.data.source import ImageSource, Request
+from report.errors import UserError
 
 DEFAULT_PER_CLASS = 100
 SEED = 0
 
 
-class TutorialSource(FileSource):
+class TutorialSource(ImageSource):
+    """Records are the sampled Cohen and Kermany files, each still naming its data set. What
+    the two listings skipped or noted is not repeated: only the sample counts."""
+
     name = "tutorial"
 
     def __init__(
-        self,
-        cohen_dir: Path,
-        kermany_dir: Path,
-        class_names: tuple[str, ...],
-        split: str,
-        label_map: Mapping[str, str | None] | None = None,
-        per_class: int = DEFAULT_PER_CLASS,
-        seed: int = SEED,
+        self, cohen_dir: Path, kermany_dir: Path, class_names: tuple[str, ...], split: str,
+        label_map: LabelMap | None = None, per_class: int = DEFAULT_PER_CLASS, seed: int = SEED,
     ):
-        super().__init__()
-        cohen = CohenSource(cohen_dir, class_names, "all", label_map)
-        kermany = KermanySource(kermany_dir, class_names, "train", label_map)
+        self.cohen_dir, self.kermany_dir = Path(cohen_dir), Path(kermany_dir)
+        self.per_class, self.seed = per_class, seed
+        self.label_map = label_map
+        # The label map is applied by the Cohen and Kermany listings, not here.
+        super().__init__(class_names, split)
+
+    @classmethod
+    def from_spec(cls, location: str, request: Request) -> TutorialSource:
+        """`tutorial:COHEN_DIR,KERMANY_DIR[,COUNT]`."""
+        cohen, kermany, count = _tutorial_folders(location)
+        return cls(cohen, kermany, request.class_names, request.split, request.label_map,
+                   count)
+
+    def list_records(self) -> None:
+        cohen = CohenSource(self.cohen_dir, self.class_names, "all", self.label_map)
+        kermany = KermanySource(self.kermany_dir, self.class_names, "train", self.label_map)
         groups = [
             ("COVID-19", "Cohen", _with_label(cohen.records, "covid-19", leaf=True)),
             ("NORMAL", "Kermany train", _with_label(kermany.records, "normal")),
@@ -46,19 +58,37 @@ class TutorialSource(FileSource):
         ]
         sampled: list[Record] = []
         for number, (label, origin, records) in enumerate(groups):
-            chosen = _sample(records, per_class, np.random.default_rng([seed, number]))
+            chosen = _sample(records, self.per_class, np.random.default_rng([self.seed, number]))
             sampled += chosen
             self.notes.append(
                 f"tutorial recipe: {len(chosen)} of {len(records)} {label} images from "
-                f"{origin}, sorted by path and sampled with seed {seed}"
+                f"{origin}, sorted by path and sampled with seed {self.seed}"
             )
         # The tutorial split the concatenated classes with train_test_split; keep its order.
-        self.records = _unique_ids(in_split(sampled, split, keep_order=True))
-        where = "all images" if split == "all" else f"{split} split"
-        self.description = (
-            f"tutorial recipe (Cohen {cohen_dir}, Kermany {kermany_dir}, {per_class} per "
-            f"class, {where}): {len(self.records)} images"
+        self.records = _unique_ids(in_split(sampled, self.split, keep_order=True))
+
+    def describe(self) -> str:
+        return (
+            f"tutorial recipe (Cohen {self.cohen_dir}, Kermany {self.kermany_dir}, "
+            f"{self.per_class} per class, {self.where()}): {len(self.records)} images"
         )
+
+
+def _tutorial_folders(location: str) -> tuple[Path, Path, int]:
+    parts = [part.strip() for part in location.split(",")]
+    count = DEFAULT_PER_CLASS
+    if len(parts) == 3 and parts[2].isdigit() and int(parts[2]) > 0:
+        count = int(parts.pop())
+    if len(parts) != 2 or not all(parts):
+        raise UserError(
+            f"--data tutorial:{location}: use tutorial:COHEN_DIR,KERMANY_DIR or "
+            "tutorial:COHEN_DIR,KERMANY_DIR,COUNT (images per class, default 100)"
+        )
+    cohen, kermany = (Path(part).expanduser() for part in parts)
+    for path in (cohen, kermany):
+        if not path.is_dir():
+            raise UserError(f"--data tutorial:{location}: '{path}' is not a folder")
+    return cohen, kermany, count
 
 
 def _with_label(records: list[Record], label: str, leaf: bool = False) -> list[Record]:

@@ -164,3 +164,22 @@ def nih_tree(root: Path, entries: dict[str, str], boxes: list[tuple]) -> Path:
     lines += [",".join(str(v) for v in (*box, "", "", "")) for box in boxes]
     (root / "BBox_List_2017.csv").write_text("\n".join(lines) + "\n")
     return root
+
+
+def arrays_tree(root: Path) -> Path:
+    """The tutorial's X_Train.npy / Y_Train.npy: five blank rows, one-hot labels."""
+    root.mkdir(parents=True, exist_ok=True)
+    np.save(root / "X_Train.npy", np.zeros((5, 8, 8, 3), np.uint8))
+    np.save(root / "Y_Train.npy", np.eye(3)[[0, 1, 2, 0, 1]])
+    return root
+
+
+# One smallest tree per layout that `--data PATH` can detect, by source name.
+DETECTABLE_LAYOUTS = {
+    "arrays": arrays_tree,
+    "kermany": lambda root: kermany_tree(root, {"test": 1}),
+    "cohen": lambda root: cohen_tree(root, [("No Finding", "PA", "X-ray", "a.png")]),
+    "radiography": lambda root: radiography_tree(root, per_class=1),
+    "rsna": lambda root: rsna_tree(root, {"p": []}, None),
+    "nih": lambda root: nih_tree(root, {"00000001_000.png": "No Finding"}, []),
+}

@@ -1,42 +1,22 @@
 """`--data PATH` finds the layout when exactly one matches; `--data NAME:PATH` says it."""
 
-import numpy as np
 import pytest
 
 from report.data import detect_layouts, open_source
 from report.errors import UserError
 from tests.data.builders import (
     CLASSES,
+    DETECTABLE_LAYOUTS,
+    arrays_tree,
     cohen_tree,
     film,
-    kermany_tree,
-    nih_tree,
-    radiography_tree,
-    rsna_tree,
     write_image,
 )
 
 
-def arrays_tree(root):
-    root.mkdir(parents=True, exist_ok=True)
-    np.save(root / "X_Train.npy", np.zeros((5, 8, 8, 3), np.uint8))
-    np.save(root / "Y_Train.npy", np.eye(3)[[0, 1, 2, 0, 1]])
-    return root
-
-
-BUILDERS = {
-    "arrays": arrays_tree,
-    "kermany": lambda root: kermany_tree(root, {"test": 1}),
-    "cohen": lambda root: cohen_tree(root, [("No Finding", "PA", "X-ray", "a.png")]),
-    "radiography": lambda root: radiography_tree(root, per_class=1),
-    "rsna": lambda root: rsna_tree(root, {"p": []}, None),
-    "nih": lambda root: nih_tree(root, {"00000001_000.png": "No Finding"}, []),
-}
-
-
-@pytest.mark.parametrize("name", list(BUILDERS))
+@pytest.mark.parametrize("name", list(DETECTABLE_LAYOUTS))
 def test_each_layout_is_detected_and_opened(tmp_path, name):
-    root = BUILDERS[name](tmp_path / name)
+    root = DETECTABLE_LAYOUTS[name](tmp_path / name)
     assert detect_layouts(root) == [name]
     assert open_source(str(root), CLASSES, "all").name == name
     assert open_source(f"{name}:{root}", CLASSES, "all").name == name

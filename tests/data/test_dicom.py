@@ -1,10 +1,14 @@
 """DICOM films: the display pipeline (rescale, window, MONOCHROME1) and compressed syntaxes."""
 
+import ast
+import inspect
+
 import numpy as np
 import pytest
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGLSLossless, RLELossless
 
+from report.data import dicom, images, pixels
 from report.data.images import decode_image, read_image_file
 from report.data.records import UnreadableImage
 from tests.data.builders import dicom_of, write_dicom
@@ -107,3 +111,24 @@ def test_only_the_first_frame_of_a_multi_frame_file_is_shown(tmp_path):
 def test_dicom_is_resized_to_the_model_size(tmp_path):
     path = write_dicom(tmp_path / "s.dcm", dicom_of(0, size=96))
     assert read_image_file(path, (40, 48)).pixels.shape == (40, 48, 3)
+
+
+def test_the_pixel_limit_refuses_a_dicom_film_before_decoding_it(tmp_path, monkeypatch):
+    path = write_dicom(tmp_path / "big.dcm", RAMP_12)  # 64 x 8
+    monkeypatch.setattr(images, "MAX_PIXELS", 64 * 8 - 1)
+    with pytest.raises(UnreadableImage, match=r"megapixel limit \(64x8 ="):
+        read_image_file(path, (8, 8))
+    monkeypatch.setattr(images, "MAX_PIXELS", 64 * 8)
+    assert read_image_file(path, (8, 8)).pixels.shape == (8, 8, 3)
+
+
+def imported_modules(module) -> set[str]:
+    tree = ast.parse(inspect.getsource(module))
+    return {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+
+
+def test_the_dicom_decoder_and_the_file_reader_do_not_import_each_other_in_a_circle():
+    """images.py calls dicom.py; both take their pixel helpers from pixels.py."""
+    assert "report.data.images" not in imported_modules(dicom)
+    assert "report.data.pixels" in imported_modules(dicom)
+    assert not {"report.data.images", "report.data.dicom"} & imported_modules(pixels)

@@ -178,3 +178,16 @@ def test_boxes_scale_each_axis_by_its_own_factor():
     mask = boxes_mask(((400, 200, 600, 300),), (1000, 2000), (100, 100))
     rows, cols = np.nonzero(mask)
     assert (rows.min(), rows.max(), cols.min(), cols.max()) == (20, 49, 20, 49)
+
+
+def test_a_truncated_file_stays_unreadable_after_a_pdf_was_rendered(tmp_path):
+    """WeasyPrint turns on PIL's LOAD_TRUNCATED_IMAGES for the whole process when imported;
+    the next audit in the same process must still skip truncated films, not decode half."""
+    from PIL import ImageFile
+
+    from report.render import write_pdf
+
+    write_pdf("<p>x</p>", tmp_path / "x.pdf")
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+    data = encoded(film(0), "PNG")
+    assert unreadable_reason(data[: len(data) // 2]).startswith("truncated or corrupt image")

@@ -1,0 +1,179 @@
+"""The one base class of every image source, and of the sources read from one data-set folder.
+
+A source turns a data set into records (the images of the chosen split), skips (what it found
+but cannot use, and why) and notes (sentences for the report), and reads one record's pixels
+on demand. `open_source` (see __init__.py) picks the class from its registry `SOURCES` by the
+class attributes declared here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import ClassVar
+
+from report.data.ids import safe_id, unique_id
+from report.data.images import read_image_file, read_mask
+from report.data.labels import LabelMap, LabelResolver, unmapped_reason, unused_note
+from report.data.listing import image_files, left_out_note
+from report.data.records import Box, LoadedImage, Record, Skipped, UnreadableImage
+from report.errors import UserError
+
+
+@dataclass(frozen=True)
+class Request:
+    """What `open_source` was asked for besides the spec itself."""
+
+    class_names: tuple[str, ...]
+    split: str
+    label_map: LabelMap | None = None
+    channel_order: str = "bgr"  # how the `arrays` layout stored colour
+
+
+class ImageSource:
+    """A data set as records to explain, the items it had to skip, and a way to read one.
+
+    A subclass declares the class attributes, fills `records`, `skipped` and `notes` in
+    `list_records` (through `add`, `keep` and `skip`), and overrides `load` unless its records
+    are image files. One that takes more than the model's classes, the split and a label map
+    stores its own inputs first and then calls this `__init__`, which lists the records.
+    """
+
+    name: ClassVar[str] = ""  # the data set, e.g. "kermany"; also NAME in `--data NAME:...`
+    # `matches(path) -> bool` on the layouts a plain `--data PATH` can detect; None on others.
+    matches: ClassVar[Callable[[Path], bool] | None] = None
+    # The spec may be the bare name (`--data synthetic`), not only `NAME:LOCATION`.
+    location_optional: ClassVar[bool] = False
+    # Records with the same bytes stay, instead of being skipped as duplicates (batches.py).
+    keeps_duplicates: ClassVar[bool] = False
+    # Whether `split` chose the records (false where the caller already chose the images).
+    applies_split: ClassVar[bool] = True
+    # The data set's labels -> model classes; the user's label map overrides it entry by entry.
+    default_label_map: ClassVar[LabelMap] = {}
+
+    def __init__(
+        self, class_names: tuple[str, ...], split: str, label_map: LabelMap | None = None
+    ):
+        self.class_names = tuple(class_names)
+        self.split = split
+        self.resolve = LabelResolver(self.class_names, self.default_label_map, label_map)
+        self.records: list[Record] = []
+        self.skipped: list[Skipped] = []
+        self.notes: list[str] = []
+        self._ids: set[str] = set()
+        self.list_records()
+        self.notes += unused_note(self.resolve)
+        self.description: str = self.describe()
+
+    @classmethod
+    def from_spec(cls, location: str, request: Request) -> ImageSource:
+        """The source `--data NAME:LOCATION` names (LOCATION is "" for a bare NAME)."""
+        raise NotImplementedError(f"{cls.__name__} is not opened from a --data spec")
+
+    def list_records(self) -> None:
+        """Fill records, skipped and notes; called once, by `__init__`."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """One line for the report: what was read, and how many images it gave."""
+        return f"{self.name} ({self.where()}): {len(self.records)} images"
+
+    def where(self) -> str:
+        return "all images" if self.split == "all" else f"{self.split} split"
+
+    def load(self, record: Record, image_size: tuple[int, int]) -> LoadedImage:
+        """The record's file at the model's size, with its lung mask when it has one; raises
+        UnreadableImage when the image cannot be decoded."""
+        image = read_image_file(Path(record.source), image_size, record.boxes)
+        if not record.mask:
+            return image
+        try:
+            lungs = read_mask(Path(record.mask), image_size)
+        except UnreadableImage as error:
+            # The image is still good; only the shortcut check loses its mask for it.
+            self.notes.append(f"lung mask {record.mask} not used: {error}")
+            return image
+        return replace(image, lung_mask=lungs)
+
+    def add(
+        self,
+        key: str,
+        source: str,
+        source_label: str,
+        mask: str | None = None,
+        boxes: tuple[Box, ...] | None = None,
+    ) -> None:
+        """A record labelled through the label map, or a skip when its label reaches no class.
+        `key` becomes the image id, made file-safe and unique within this source."""
+        label = self.resolve(source_label)
+        if label is None:
+            self.skip(key, source, None, unmapped_reason(source_label))
+            return
+        self.keep(key, source, label, source_label, mask, boxes)
+
+    def keep(
+        self,
+        key: str,
+        source: str,
+        label: int | None,
+        source_label: str | None = None,
+        mask: str | None = None,
+        boxes: tuple[Box, ...] | None = None,
+    ) -> None:
+        """A record whose label the source resolved itself (None: the image is unlabelled)."""
+        image_id = unique_id(safe_id(key), self._ids)
+        self.records.append(
+            Record(image_id, source, label, source_label, self.name, mask, boxes)
+        )
+
+    def skip(self, key: str, source: str, label: int | None, reason: str) -> None:
+        image_id = unique_id(safe_id(key), self._ids)
+        self.skipped.append(Skipped(image_id, source, label, reason, self.name))
+
+
+class RootedSource(ImageSource):
+    """A source read from one data-set folder: `--data NAME:DIR`, or `--data DIR` when the
+    folder's layout is detected."""
+
+    title: ClassVar[str] = ""  # the layout's name in messages, e.g. "Kermany"
+    expected: ClassVar[str] = ""  # what its folder holds, said when a folder does not
+
+    def __init__(
+        self,
+        root: Path,
+        class_names: tuple[str, ...],
+        split: str,
+        label_map: LabelMap | None = None,
+    ):
+        self.root = self.find_root(Path(root))
+        super().__init__(class_names, split, label_map)
+
+    @classmethod
+    def from_spec(cls, location: str, request: Request) -> ImageSource:
+        root = cls.named_folder(location)
+        return cls(root, request.class_names, request.split, request.label_map)
+
+    @classmethod
+    def named_folder(cls, location: str) -> Path:
+        root = Path(location).expanduser()
+        if not root.is_dir():
+            raise UserError(f"--data {cls.name}:{location}: '{root}' is not a folder")
+        return root
+
+    @classmethod
+    def find_root(cls, path: Path) -> Path:
+        """The data set's top folder at `path`; a UserError when the layout is not there."""
+        if cls.matches is not None and not cls.matches(path):
+            raise UserError(f"'{path}' is not the {cls.title} layout: expected {cls.expected}")
+        return path
+
+    def describe(self, extra: str = "") -> str:
+        extra = f", {extra}" if extra else ""
+        return f"{self.name} {self.root} ({self.where()}{extra}): {len(self.records)} images"
+
+    def images_in(self, folder: Path, where: str) -> list[Path]:
+        """Image files under `folder`; the other files there are noted as not read."""
+        images, left_out = image_files(folder)
+        self.notes += left_out_note(left_out, where)
+        return images
