@@ -6,7 +6,8 @@ PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 STORE := sqlite:///$(CURDIR)/mlflow.db
 
-# The project's own store (DESIGN.md §3) unless the caller already points elsewhere.
+# The project's own store (docs/ARCHITECTURE.md, "Contracts") unless the caller points
+# elsewhere.
 TRACKING_URI := $(or $(MLFLOW_TRACKING_URI),$(STORE))
 RUN_ENV := PATH="$(CURDIR)/$(VENV)/bin:$$PATH" MLFLOW_TRACKING_URI="$(TRACKING_URI)" \
 	MLFLOW_EXPERIMENT_NAME="$${MLFLOW_EXPERIMENT_NAME:-cxr-gradcam-report}" TF_CPP_MIN_LOG_LEVEL=2

@@ -1,6 +1,7 @@
 """Run artifacts written as they are made, so memory does not grow with the number of images.
 
-Layout (DESIGN.md §5): overlays/<TRUE_CLASS>/<image_id>.png, cams/cams.npz, predictions.csv.
+Layout (docs/ARCHITECTURE.md): overlays/<TRUE_CLASS>/<image_id>.png, cams/cams.npz (or shards
+cams/part-NNNNN.npz with the same keys), predictions.csv.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import zipfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -86,3 +88,26 @@ class ArtifactWriter:
         buffer = io.BytesIO()
         np.lib.format.write_array(buffer, array, allow_pickle=False)
         self._cams.writestr(f"{key}.npy", buffer.getvalue())
+
+
+class CamMaps(Mapping):
+    """Read-only mapping image id -> raw map (float32, feature-map resolution) over
+    `cams/cams.npz` or its shards `cams/part-NNNNN.npz`; a map is read when asked for."""
+
+    def __init__(self, folder: Path):
+        files = sorted(Path(folder).glob("part-*.npz")) or [Path(folder) / "cams.npz"]
+        if not files[0].is_file():
+            raise FileNotFoundError(f"no cams.npz or part-NNNNN.npz in {folder}")
+        self._archives = [np.load(path, allow_pickle=False) for path in files]
+        self._where = {key: archive for archive in self._archives for key in archive.files
+                       if not key.startswith("_")}
+        self.layer = str(self._archives[0][LAYER_KEY])
+
+    def __getitem__(self, image_id: str) -> np.ndarray:
+        return self._where[image_id][image_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)

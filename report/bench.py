@@ -79,7 +79,7 @@ def _bench_model(model_uri: str):
 
     tracking.configure_store()
     try:
-        registered = tracking.load_registered_model(model_uri)
+        registered = tracking.load_model(model_uri)
         return registered.model, registered.metadata, f"{registered.name} v{registered.version}"
     except UserError as error:
         print(f"note: {error}\nnote: timing an untrained small-cnn of the demo's shape instead")

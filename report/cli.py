@@ -1,4 +1,5 @@
-"""Argument parsing only: `python -m report <train|explain>` calls the pipeline."""
+"""`python -m report <train|explain|bench>`: parse the flags (declared in options.py), call the
+library, print the result. Nothing else happens here."""
 
 from __future__ import annotations
 
@@ -6,85 +7,52 @@ import argparse
 import os
 import sys
 
+from report import options
 from report.errors import UserError
+
+DESCRIPTIONS = {
+    "train": "train, log and register a demo classifier",
+    "explain": "explain a model's predictions; write the report into an MLflow run",
+    "bench": "images per second against the alternatives",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m report",
-        description="Audit a chest X-ray classifier with Grad-CAM and an HTML/PDF report.",
+        description="Audit a chest X-ray classifier with CAM heatmaps and an HTML/PDF report.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    _add_train(commands.add_parser("train", help="train, log and register a demo classifier"))
-    _add_explain(commands.add_parser("explain", help="explain a registered model; write a report"))
-    _add_bench(commands.add_parser("bench", help="images per second against the alternatives"))
+    for command, declared in options.COMMANDS.items():
+        subparser = commands.add_parser(command, help=DESCRIPTIONS[command],
+                                        description=DESCRIPTIONS[command])
+        for option in declared:
+            _add_flag(subparser, option)
     return parser
 
 
-def _add_bench(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model-uri", default="models:/cxr-classifier@champion",
-                        help="registered model to time; an untrained demo-shaped one if absent")
-    parser.add_argument("--images", type=int, default=96)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--method", default="gradcam",
-                        choices=["gradcam", "gradcam++", "layercam", "scorecam"])
-    parser.add_argument("--json", default="reports/bench.json", help="where to write results")
+def _add_flag(parser: argparse.ArgumentParser, option: options.Option) -> None:
+    # Values stay strings here; options.resolve converts and checks them, so the CLI and the
+    # Python API refuse the same values with the same words.
+    default = {None: "none", True: "yes", False: "no"}.get(option.default, option.default)
+    allowed = f" ({'|'.join(option.choices)})" if option.choices else ""
+    extra = {"nargs": "?", "const": "yes"} if option.kind == "bool" else {}
+    parser.add_argument(option.flag, dest=option.name, default=None, metavar=_metavar(option),
+                        help=f"{option.help}{allowed}; default {default}", **extra)
 
 
-def _add_train(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", default="synthetic",
-                        help="synthetic[:COUNT] or a folder with one subfolder per class")
-    parser.add_argument("--backbone", default="small-cnn",
-                        choices=["small-cnn", "vgg16", "resnet50v2", "xception", "densenet121"])
-    parser.add_argument("--weights", default="none", choices=["none", "imagenet"],
-                        help="imagenet downloads weights and so needs the network")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--image-size", type=int, default=237)
-    parser.add_argument("--model-name", default="cxr-classifier")
-    parser.add_argument("--alias", default="champion")
-    parser.add_argument("--seed", type=int, default=0)
-
-
-def _add_explain(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model-uri", default="models:/cxr-classifier@champion",
-                        help="models:/NAME@ALIAS or models:/NAME/VERSION")
-    parser.add_argument("--data", default="synthetic",
-                        help="synthetic[:COUNT], a folder per class, or a public data set's "
-                             "folder (auto-detected, or NAME:PATH; see docs/DATA.md)")
-    parser.add_argument("--split", default="test", choices=["test", "train", "all"])
-    parser.add_argument("--method", default="gradcam",
-                        choices=["gradcam", "gradcam++", "layercam", "scorecam"])
-    parser.add_argument("--layer", default="auto",
-                        help="target layer name, outer/inner for nested models, or auto")
-    parser.add_argument("--score", default="logit", choices=["logit", "probability"],
-                        help="class score to explain: the pre-activation logit or the probability")
-    parser.add_argument("--normalize", default="image", choices=["image", "global"],
-                        help="map scaling: per image (min-max) or one scale for the whole report")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity, 0..1")
-    parser.add_argument("--colormap", default="viridis", choices=["viridis", "jet", "inferno"])
-    parser.add_argument("--limit", type=int, default=0, help="explain at most N images; 0 = all")
-    parser.add_argument("--quality", default="fast", choices=["full", "fast", "off"],
-                        help="explanation-quality checks: fast samples 32 images, full 128")
-    parser.add_argument("--label-map", default="none",
-                        help="YAML file mapping source labels to the model's classes (or null)")
-    parser.add_argument("--unsafe-deserialization", nargs="?", const="yes", default="no",
-                        choices=["yes", "no"],
-                        help="load models holding serialized Python code (Lambda layers); only "
-                             "for models whose author you trust")
+def _metavar(option: options.Option) -> str:
+    return {"int": "N", "float": "X", "bool": "yes|no", "list": "A,B,..."}.get(option.kind,
+                                                                            "VALUE")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
+    given = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
     try:
-        if args.command == "train":
-            return _train(args)
-        if args.command == "bench":
-            return _bench(args)
-        return _explain(args)
+        values = options.resolve(args.command, given, style="cli")
+        return COMMANDS[args.command](values)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -101,22 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _train(args: argparse.Namespace) -> int:
-    from report.pipeline import TrainSettings, train
+def _train(values: dict) -> int:
+    from report.pipeline import train
 
-    settings = TrainSettings(
-        data=args.data,
-        backbone=args.backbone,
-        weights=None if args.weights == "none" else args.weights,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        image_size=args.image_size,
-        model_name=args.model_name,
-        alias=args.alias,
-        seed=args.seed,
-    )
-    result = train(settings)
+    result = train(values)
     print(
         f"Registered {result.model_name} version {result.model_version} as "
         f"@{result.alias} (test accuracy {result.test_accuracy:.1%}, run {result.run_id})"
@@ -124,26 +80,10 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _explain(args: argparse.Namespace) -> int:
-    from report.pipeline import ExplainSettings, explain
+def _explain(values: dict) -> int:
+    from report.pipeline import explain
 
-    settings = ExplainSettings(
-        model_uri=args.model_uri,
-        data=args.data,
-        split=args.split,
-        method=args.method,
-        layer=args.layer,
-        score=args.score,
-        normalize=args.normalize,
-        batch_size=args.batch_size,
-        alpha=args.alpha,
-        colormap=args.colormap,
-        limit=args.limit,
-        quality=args.quality,
-        unsafe_deserialization=args.unsafe_deserialization == "yes",
-        label_map=args.label_map,
-    )
-    result = explain(settings)
+    result = explain(values)
     print(f"Model:     {result.model}")
     print(f"Explained: {result.explained} images ({result.skipped} skipped)")
     print(f"Accuracy:  {result.accuracy:.1%}")
@@ -153,11 +93,14 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench(args: argparse.Namespace) -> int:
+def _bench(values: dict) -> int:
     from pathlib import Path
 
     from report.bench import BenchSettings, run_bench
 
-    run_bench(BenchSettings(args.model_uri, args.images, args.batch_size, args.method,
-                            Path(args.json)))
+    run_bench(BenchSettings(values["model_uri"], values["images"], values["batch_size"],
+                            values["method"], Path(values["json"])))
     return 0
+
+
+COMMANDS = {"train": _train, "explain": _explain, "bench": _bench}

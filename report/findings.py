@@ -22,27 +22,28 @@ from report.render import Figure, Finding, Section, Table
 # --- classification -------------------------------------------------------------------------
 
 
-def classification_metrics(results: QualityResults) -> dict[str, float]:
-    metrics = {}
-    if len(results.y_true):
-        for curve in measures.roc_curves(results.y_true, results.probabilities,
-                                        results.class_names):
-            if curve.auc is not None:
-                metrics[f"roc_auc.{curve.class_name}"] = curve.auc
-        aucs = [v for k, v in metrics.items() if k.startswith("roc_auc.")]
-        if aucs:
-            metrics["roc_auc.macro"] = float(np.mean(aucs))
-        metrics["ece"] = measures.calibration(results.y_true, results.probabilities).ece
+def metric_key(name: str) -> str:
+    """MLflow keys allow letters, digits, _ - . / and space; anything else becomes _."""
+    return "".join(c if c.isalnum() or c in "_-. /" else "_" for c in name)
+
+
+def classification_metrics(roc_curves: list[measures.RocCurve],
+                           calibration: measures.Calibration | None) -> dict[str, float]:
+    metrics = {f"roc_auc.{curve.class_name}": curve.auc for curve in roc_curves
+               if curve.auc is not None}
+    if metrics:
+        metrics["roc_auc.macro"] = float(np.mean(list(metrics.values())))
+    if calibration is not None:
+        metrics["ece"] = calibration.ece
     return metrics
 
 
-def classification_figures(results: QualityResults) -> list[Figure]:
-    if not len(results.y_true):
+def classification_figures(roc_curves: list[measures.RocCurve],
+                           calibration: measures.Calibration | None) -> list[Figure]:
+    if calibration is None:
         return []
-    curves = measures.roc_curves(results.y_true, results.probabilities, results.class_names)
-    calibration = measures.calibration(results.y_true, results.probabilities)
     return [
-        Figure("ROC curves (one class vs the rest)", figures.roc_svg(curves),
+        Figure("ROC curves (one class vs the rest)", figures.roc_svg(roc_curves),
                "Area under each curve in the legend; the dashed diagonal is chance."),
         Figure("Reliability diagram", figures.reliability_svg(calibration),
                f"Expected calibration error {calibration.ece:.3f}: how far the stated "
@@ -115,9 +116,9 @@ def _mean_auc(curves: np.ndarray) -> float:
 # --- what the reviewer reads ----------------------------------------------------------------
 
 
-def summary(results: QualityResults, accuracy: float, n_images: int, n_flagged: int
-            ) -> list[Finding]:
-    metrics = {**classification_metrics(results), **explanation_metrics(results)}
+def summary(results: QualityResults, metrics: dict[str, float], accuracy: float,
+            n_images: int, n_flagged: int) -> list[Finding]:
+    """The "Read this first" lines, from the metrics already computed."""
     lines = [_classification_line(metrics, accuracy, n_images)]
     if "localisation.pointing_game" in metrics:
         lines.append(_localisation_line(metrics, len(results.localisation.array("pointing"))))

@@ -1,7 +1,7 @@
 """Build and train classifiers, and the metadata contract a registered model carries.
 
 Everything MLflow-specific (logging, registering, loading) lives in tracking.py; this module
-only knows Keras and the shape of the metadata (DESIGN.md §4).
+only knows Keras and the shape of the metadata (docs/ARCHITECTURE.md, "Contracts").
 """
 
 from __future__ import annotations
@@ -87,6 +87,19 @@ class ModelMetadata:
             target_layer=metadata.get("target_layer"),
             assumed=tuple(assumed),
         )
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready to audit, and where it came from (shown in the report and its params)."""
+
+    model: keras.Model
+    metadata: ModelMetadata
+    name: str
+    version: str  # the registry version; "" for a model outside the registry
+    alias: str | None = None
+    source: str = ""  # where its files live (the registry's source URI, a path, "in memory")
+    uri: str | None = None  # as the caller named it; None for a keras.Model in memory
 
 
 def _class_names(names: list | None, units: int, assumed: list[str]) -> tuple[str, ...]:

@@ -20,7 +20,14 @@ import numpy as np
 
 from report.figures import confusion_matrix_svg
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+# Installed (pip install of a clone or a wheel), the templates ship inside the package as
+# report/templates; in a checkout (PYTHONPATH or an editable install) they are the top-level
+# templates/ folder, which pyproject.toml maps to report.templates when building.
+PACKAGE_TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
+CHECKOUT_TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+TEMPLATES_DIR = (
+    PACKAGE_TEMPLATES_DIR if PACKAGE_TEMPLATES_DIR.is_dir() else CHECKOUT_TEMPLATES_DIR
+)
 TEMPLATE_NAME = "report.html.j2"
 
 DISCLAIMER = "Not for clinical use. These results are exploratory and have no diagnostic value."
@@ -147,16 +154,29 @@ def write_pdf(html: str, path: Path) -> Path:
     """Render ``html`` to a PDF at ``path`` with WeasyPrint."""
     # Imported here: WeasyPrint loads Pango/Cairo-era native libraries, which the HTML-only
     # path (and its tests) should not pay for or depend on.
-    from weasyprint import HTML
-    from weasyprint.urls import URLFetcher
+    weasyprint = _import_weasyprint()
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Only data: URIs may be resolved: the report must not read local files or the network,
     # whatever ends up in the HTML.
-    fetcher = URLFetcher(allowed_protocols={"data"})
-    HTML(string=html, url_fetcher=fetcher).write_pdf(path)
+    fetcher = weasyprint.urls.URLFetcher(allowed_protocols={"data"})
+    weasyprint.HTML(string=html, url_fetcher=fetcher).write_pdf(path)
     return path
+
+
+def _import_weasyprint():
+    """WeasyPrint sets PIL's process-wide LOAD_TRUNCATED_IMAGES when imported, which would
+    make the next audit in this process decode truncated films instead of skipping them. The
+    report's own images are complete, so PIL's strict default is put back."""
+    from PIL import ImageFile
+
+    strict = ImageFile.LOAD_TRUNCATED_IMAGES
+    import weasyprint
+    import weasyprint.urls
+
+    ImageFile.LOAD_TRUNCATED_IMAGES = strict
+    return weasyprint
 
 
 def write_report(context: ReportContext, out_dir: Path) -> tuple[Path, Path]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -93,8 +94,8 @@ class _Map:
 
 
 class Explainer:
-    """Streams batches through the engine into the artifact writer (`settings` is the
-    pipeline's ExplainSettings).
+    """Streams batches through the engine into the artifact writer (`settings`: the checked
+    values of options.EXPLAIN).
 
     With `normalize=image` each overlay is drawn as its batch is explained. With `global`, the
     shared scale is only known once every map exists, so a second pass re-reads the images
@@ -102,7 +103,7 @@ class Explainer:
     map); nothing image-sized is held beyond one batch.
     """
 
-    def __init__(self, settings, metadata: ModelMetadata, engine):
+    def __init__(self, settings: Mapping, metadata: ModelMetadata, engine):
         self.settings = settings
         self.metadata = metadata
         self.engine = engine
@@ -110,7 +111,7 @@ class Explainer:
         self._fingerprint = hashlib.sha256()
         self._pending: dict[str, list[_Map]] = {}
         self._global_scale = 0.0
-        self.quality = QualityAccumulator(QualityPlan.of(settings.quality),
+        self.quality = QualityAccumulator(QualityPlan.of(settings["quality"]),
                                           metadata.class_names, metadata.image_size)
         self.quality_seconds = 0.0
         self.explained: list = []  # records, for the data accounting
@@ -122,14 +123,14 @@ class Explainer:
     def finish(self):
         """The checks that need extra forward passes, on the bounded sample."""
         started = time.perf_counter()
-        results = self.quality.finish(self.engine, self.settings.batch_size)
+        results = self.quality.finish(self.engine, self.settings["batch_size"])
         self.quality_seconds += time.perf_counter() - started
         return results
 
     def run(self, source, records, writer: ArtifactWriter) -> list[Skipped]:
         skipped: list[Skipped] = []
         batches = iter_batches(source, records, self.metadata.image_size,
-                               self.settings.batch_size, skipped)
+                               self.settings["batch_size"], skipped)
         with _progress(len(records), "Explaining") as progress:
             for batch in batches:
                 self._explain_batch(batch, writer)
@@ -137,7 +138,7 @@ class Explainer:
             for item in skipped:
                 writer.add_skipped(item.image_id, item.source, item.label, item.reason)
             progress.update(len(skipped))
-        if self.settings.normalize == "global":
+        if self.settings["normalize"] == "global":
             self._draw_globally_normalised(source, records, writer)
         return skipped
 
@@ -171,7 +172,7 @@ class Explainer:
                 writer.add_map(self._key(record.image_id, extra), extra.raw)
             self.collected.add_prediction(record.label, predicted)
             self._fingerprint.update(f"{record.image_id}|{record.label}|{image.digest}\n".encode())
-            if self.settings.normalize == "image":
+            if self.settings["normalize"] == "image":
                 self._draw(record, image.pixels, maps, per_image, writer)
             else:
                 self._global_scale = max([self._global_scale, *(m.raw.max() for m in maps)])
@@ -193,7 +194,7 @@ class Explainer:
     def _draw_globally_normalised(self, source, records, writer: ArtifactWriter) -> None:
         explained = [r for r in records if r.image_id in self._pending]
         batches = iter_batches(source, explained, self.metadata.image_size,
-                               self.settings.batch_size, [])
+                               self.settings["batch_size"], [])
         scale = self._global_scale
         with _progress(len(explained), "Drawing overlays") as progress:
             for batch in batches:
@@ -212,8 +213,8 @@ class Explainer:
 
     def _overlay_png(self, pixels, heatmap, item: _Map) -> bytes:
         label = label_text(self.metadata.class_names[item.class_index], item.confidence)
-        return encode_png(make_overlay(pixels, heatmap, label, self.settings.alpha,
-                                       self.settings.colormap))
+        return encode_png(make_overlay(pixels, heatmap, label, self.settings["alpha"],
+                                       self.settings["colormap"]))
 
     def _tile(self, record, item: _Map, png: bytes) -> render.GridItem:
         class_names = self.metadata.class_names

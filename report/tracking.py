@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
 
 from report.errors import UserError
-from report.model import ModelMetadata
+from report.model import LoadedModel, ModelMetadata
 from report.paths import DEFAULT_ARTIFACT_ROOT, DEFAULT_TRACKING_URI
 
 EXPERIMENT_NAME = "cxr-gradcam-report"
@@ -28,9 +27,10 @@ MODEL_REQUIREMENTS = ("mlflow", "tensorflow", "keras", "numpy")
 
 
 def configure_store() -> str:
-    """MLFLOW_TRACKING_URI wins; otherwise the project's own absolute sqlite store. A remote
-    server is probed first, so an unreachable one fails in seconds, before any work."""
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
+    """MLFLOW_TRACKING_URI (or a URI the caller set in Python) wins; otherwise, run from a
+    checkout, the project's own absolute sqlite store (paths.py). A remote server is probed
+    first, so an unreachable one fails in seconds, before any work."""
+    if DEFAULT_TRACKING_URI and not mlflow.is_tracking_uri_set():
         mlflow.set_tracking_uri(DEFAULT_TRACKING_URI)
     uri = mlflow.get_tracking_uri()
     if uri.startswith(("http://", "https://")):
@@ -68,6 +68,11 @@ def record_failure(error: BaseException) -> None:
     mlflow.set_tag("error", f"{type(error).__name__}: {_first_line(error)}"[:5000])
 
 
+def active_run_id() -> str | None:
+    run = mlflow.active_run()
+    return run.info.run_id if run else None
+
+
 def inside_mlflow_run() -> bool:
     return bool(os.environ.get("MLFLOW_RUN_ID"))
 
@@ -87,6 +92,22 @@ def start_run(run_name: str):
         yield run
 
 
+@contextlib.contextmanager
+def run_for(run_id: str | None, run_name: str):
+    """The run to log into: `run_id` (resumed unless it is the active one), else the active
+    run (left open for its owner), else a new run in the project's experiment."""
+    active = mlflow.active_run()
+    if active is not None and run_id in (None, active.info.run_id):
+        yield active
+        return
+    if run_id is not None:
+        with mlflow.start_run(run_id=run_id) as run:
+            yield run
+        return
+    with start_run(run_name) as run:
+        yield run
+
+
 def _experiment_id() -> str:
     name = os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT_NAME)
     experiment = mlflow.get_experiment_by_name(name)
@@ -94,7 +115,7 @@ def _experiment_id() -> str:
         return experiment.experiment_id
     # Pin artifacts under the project root, whatever folder the command runs from.
     location = None
-    if mlflow.get_tracking_uri() == DEFAULT_TRACKING_URI:
+    if DEFAULT_TRACKING_URI and mlflow.get_tracking_uri() == DEFAULT_TRACKING_URI:
         location = (DEFAULT_ARTIFACT_ROOT).as_uri()
     return mlflow.create_experiment(name, artifact_location=location)
 
@@ -110,12 +131,8 @@ def log_new_params(params: dict) -> None:
 
 
 def log_metrics(metrics: dict[str, float]) -> None:
-    mlflow.log_metrics({metric_key(k): float(v) for k, v in metrics.items()})
-
-
-def metric_key(name: str) -> str:
-    """MLflow keys allow letters, digits, _ - . / and space; anything else becomes _."""
-    return "".join(c if c.isalnum() or c in "_-. /" else "_" for c in name)
+    """`metrics` keyed by valid MLflow names (findings.metric_key made them so)."""
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
 
 
 def training_callback():
@@ -145,7 +162,8 @@ def set_note(markdown: str) -> None:
 def log_and_register(
     model: keras.Model, metadata: ModelMetadata, model_name: str, alias: str
 ) -> str:
-    """Log per the registry contract (DESIGN.md §4), register, and point `alias` at it."""
+    """Log per the registry contract (docs/ARCHITECTURE.md, "Contracts"), register, and
+    point `alias` at it."""
     info = mlflow.keras.log_model(
         model,
         name="model",
@@ -169,24 +187,87 @@ def _signature(model: keras.Model) -> ModelSignature:
     )
 
 
-@dataclass(frozen=True)
-class RegisteredModel:
-    model: keras.Model
-    metadata: ModelMetadata
-    uri: str
-    name: str
-    version: str
-    alias: str | None
-    source: str
+def load_model(model_uri: str, unsafe_deserialization: bool = False,
+               class_names: list[str] | None = None) -> LoadedModel:
+    """A Keras model and its report metadata from a registry URI (`models:/NAME@ALIAS`,
+    `models:/NAME/VERSION`), any other MLflow artifact URI (`runs:/RUN/PATH`, `s3://...`) or
+    a local MLflow model folder. Only the registry is read: no run is created."""
+    logged_id = _logged_model_id(model_uri)
+    if logged_id:
+        identity = _logged_model_identity(logged_id, model_uri)
+        local = _download(model_uri)
+    elif model_uri.startswith("models:/"):
+        name, reference, alias = _resolve_version(model_uri)
+        identity = {"name": name, "version": reference.version, "alias": alias,
+                    "source": reference.source}
+        local = _download(model_uri)
+    else:
+        local = _local_model_folder(model_uri)
+        identity = {"name": Path(local).name, "version": "", "alias": None,
+                    "source": model_uri}
+    info, model = _load_keras(local, model_uri, unsafe_deserialization)
+    metadata = dict(info.metadata or {})
+    if class_names:
+        metadata["class_names"] = list(class_names)
+    return LoadedModel(model=model, metadata=ModelMetadata.from_mlflow(metadata, model),
+                       uri=model_uri, **identity)
 
 
-def load_registered_model(model_uri: str, unsafe_deserialization: bool = False
-                          ) -> RegisteredModel:
-    name, reference, alias = _resolve_version(model_uri)
+def _logged_model_id(model_uri: str) -> str | None:
+    """`models:/m-<id>`, MLflow 3's URI of a logged model outside the registry, or None."""
+    path = model_uri.removeprefix("models:/").strip("/")
+    if model_uri.startswith("models:/") and re.fullmatch(r"m-[0-9a-f]+", path):
+        return path
+    return None
+
+
+def _logged_model_identity(model_id: str, model_uri: str) -> dict:
     try:
-        # Download once; read the weights and the MLmodel metadata from the same copy.
-        local = mlflow.artifacts.download_artifacts(model_uri)
+        logged = mlflow.get_logged_model(model_id)
+    except MlflowException as error:
+        if access_problem(error):
+            raise
+        raise UserError(f"no logged model '{model_id}' in {mlflow.get_tracking_uri()} "
+                        f"({model_uri}); check the id or the tracking URI") from error
+    return {"name": logged.name, "version": "", "alias": None,
+            "source": logged.artifact_location}
+
+
+def _local_model_folder(model_uri: str) -> str:
+    path = Path(model_uri).expanduser()
+    has_scheme = re.match(r"^[A-Za-z][\w+.-]+:/", model_uri) is not None  # runs:/, s3://
+    if not has_scheme and not path.exists():
+        raise UserError(
+            f"model '{model_uri}' is neither a registry URI (models:/NAME@ALIAS, "
+            "models:/NAME/VERSION), an MLflow URI (runs:/RUN_ID/PATH) nor an existing folder"
+        )
+    local = _download(model_uri) if has_scheme else str(path)
+    if not (Path(local) / "MLmodel").is_file():
+        raise UserError(
+            f"model '{model_uri}' is not an MLflow model (no MLmodel file in it); save it with "
+            "mlflow.keras.save_model or log it with mlflow.keras.log_model"
+        )
+    return local
+
+
+def _download(model_uri: str) -> str:
+    try:
+        return mlflow.artifacts.download_artifacts(model_uri)
+    except MlflowException as error:
+        if access_problem(error):
+            raise
+        raise UserError(f"could not load model '{model_uri}': {_first_line(error)}") from error
+
+
+def _load_keras(local: str, model_uri: str, unsafe_deserialization: bool):
+    """The MLmodel description and the Keras model, both from the one downloaded copy."""
+    try:
         info = Model.load(local)
+        if "keras" not in info.flavors:
+            raise UserError(
+                f"model '{model_uri}' has no Keras flavour ({', '.join(info.flavors)}); log it "
+                "with mlflow.keras.log_model(..., save_exported_model=False)"
+            )
         # Keras' safe mode refuses serialized Python code (Lambda layers): loading a model
         # from a shared registry must not run whatever its author pickled into it.
         model = mlflow.keras.load_model(
@@ -194,6 +275,8 @@ def load_registered_model(model_uri: str, unsafe_deserialization: bool = False
         )
     except MlflowException as error:
         raise UserError(f"could not load model '{model_uri}': {_first_line(error)}") from error
+    except UserError:
+        raise
     except ValueError as error:
         if "safe_mode" not in str(error) and "arbitrary code" not in str(error):
             raise
@@ -204,15 +287,7 @@ def load_registered_model(model_uri: str, unsafe_deserialization: bool = False
         ) from error
     if not isinstance(model, keras.Model):
         raise UserError(f"'{model_uri}' is not a Keras model; log it with mlflow.keras")
-    return RegisteredModel(
-        model=model,
-        metadata=ModelMetadata.from_mlflow(info.metadata, model),
-        uri=model_uri,
-        name=name,
-        version=reference.version,
-        alias=alias,
-        source=reference.source,
-    )
+    return info, model
 
 
 def _resolve_version(model_uri: str):

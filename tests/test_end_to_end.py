@@ -150,7 +150,9 @@ def assert_one_line_error(result, *fragments: str) -> None:
         ("models:/no-such-model@champion", ("no registered model 'no-such-model'", "make demo")),
         ("models:/tiny-cxr@nope", ("has no alias 'nope'", "aliases: champion")),
         ("models:/tiny-cxr/7", ("has no version 7",)),
-        ("runs:/abc/model", ("not a registry URI",)),
+        ("runs:/abc/model", ("could not load model 'runs:/abc/model'", "abc not found")),
+        ("no-such-folder", ("neither a registry URI", "nor an existing folder")),
+        ("models:/m-0123abcd", ("no logged model 'm-0123abcd'",)),
     ],
 )
 def test_unresolvable_models_are_one_line_errors(registered_store, tmp_path, model_uri,
@@ -198,7 +200,7 @@ def test_undecodable_images_are_skipped_counted_and_listed(registered_store, tmp
     assert len(rows) == 7
     assert rows["broken"]["flags"] == "unreadable: not a decodable PNG/JPEG image"
     assert client.get_run(run_id).data.metrics["images_skipped"] == 1
-    html = (PROJECT_ROOT / "reports" / run_id / "report.html").read_text()
+    html = (tmp_path / "reports" / run_id / "report.html").read_text()
     assert "broken.png" in html and "not a decodable PNG/JPEG image" in html
 
 
@@ -235,7 +237,7 @@ def test_report_states_method_layer_score_and_normalisation(registered_store, tm
     assert (params["method"], params["score"], params["normalize"]) == (
         "gradcam++", "probability", "global")
     assert params["target_layer"] == "small_cnn/block3_relu"
-    html = (PROJECT_ROOT / "reports" / run_id / "report.html").read_text()
+    html = (tmp_path / "reports" / run_id / "report.html").read_text()
     for shown in ("Grad-CAM++", "small_cnn/block3_relu", "probability of the explained class",
                   "one scale for the whole report"):
         assert shown in html
@@ -303,4 +305,4 @@ def test_a_run_killed_midway_can_be_run_again_to_a_complete_report(registered_st
     mlflow.set_tracking_uri(registered_store["MLFLOW_TRACKING_URI"])
     run = MlflowClient().get_run(run_id)
     assert run.info.status == "FINISHED"
-    assert (PROJECT_ROOT / "reports" / run_id / "report.pdf").stat().st_size > 0
+    assert (tmp_path / "reports" / run_id / "report.pdf").stat().st_size > 0

@@ -4,7 +4,6 @@ import tomllib
 
 import yaml
 
-from report.cli import build_parser
 from tests.conftest import PROJECT_ROOT
 
 
@@ -31,23 +30,6 @@ def test_conda_env_repeats_the_pyproject_pins():
 def test_conda_env_python_matches_requires_python():
     conda = yaml.safe_load((PROJECT_ROOT / "conda.yaml").read_text())
     assert "python=3.11" in conda["dependencies"]
-
-
-def _cli_options(command: str) -> set[str]:
-    subparsers = build_parser()._subparsers._group_actions[0].choices
-    return {
-        action.dest for action in subparsers[command]._actions if action.option_strings
-    } - {"help"}
-
-
-def test_mlproject_entry_points_pass_every_parameter_to_the_cli():
-    project = yaml.safe_load((PROJECT_ROOT / "MLproject").read_text())
-    for entry_point, command in (("main", "explain"), ("train", "train")):
-        spec = project["entry_points"][entry_point]
-        params = set(spec["parameters"])
-        assert params == _cli_options(command), entry_point
-        for name in params:
-            assert f"--{name.replace('_', '-')} {{{name}}}" in spec["command"]
 
 
 def test_model_uri_parameter_is_a_uri_not_a_path():

@@ -12,7 +12,7 @@ from keras import layers
 from report import tracking
 from report.data.synthetic import CLASS_NAMES
 from report.model import ModelMetadata
-from report.pipeline import ExplainSettings, explain
+from report.pipeline import explain
 
 
 def register(model: keras.Model, name: str) -> None:
@@ -38,7 +38,7 @@ def test_multi_label_heads_get_a_map_for_every_class_above_threshold(tracking_st
     kernel, bias = model.layers[-1].get_weights()
     model.layers[-1].set_weights([kernel * 0.01, np.array([5.5, 5.0, -5.0])])  # 2 labels on
     register(model, "multi-label")
-    result = explain(ExplainSettings(model_uri="models:/multi-label@champion",
+    result = explain(dict(model_uri="models:/multi-label@champion",
                                      data="synthetic:15", batch_size=2))
     run = mlflow.get_run(result.run_id)
     local = mlflow.artifacts.download_artifacts(run_id=result.run_id, dst_path=str(tmp_path))
@@ -60,7 +60,7 @@ def test_multi_label_heads_get_a_map_for_every_class_above_threshold(tracking_st
 @pytest.mark.parametrize("normalize", ["image", "global"])
 def test_every_explained_image_gets_one_overlay(tracking_store, tmp_path, normalize):
     register(small_model("softmax"), "plain")
-    result = explain(ExplainSettings(model_uri="models:/plain@champion", data="synthetic:30",
+    result = explain(dict(model_uri="models:/plain@champion", data="synthetic:30",
                                      batch_size=4, normalize=normalize))
     local = mlflow.artifacts.download_artifacts(run_id=result.run_id, dst_path=str(tmp_path))
     assert result.explained == 6
@@ -80,11 +80,11 @@ def test_a_model_with_a_lambda_layer_is_refused_unless_trusted(tracking_store):
         layers.Dense(3, activation="softmax"),
     ])
     register(model, "with-lambda")
-    settings = ExplainSettings(model_uri="models:/with-lambda@champion", data="synthetic:15",
+    settings = dict(model_uri="models:/with-lambda@champion", data="synthetic:15",
                                quality="off")
     with pytest.raises(UserError, match="--unsafe-deserialization"):
         explain(settings)
-    trusted = explain(ExplainSettings(**{**vars(settings), "unsafe_deserialization": True}))
+    trusted = explain({**settings, "unsafe_deserialization": True})
     assert trusted.explained == 3
 
 
@@ -101,7 +101,7 @@ def test_a_failing_run_is_marked_failed_with_its_error_and_keeps_its_artifacts(
 
     monkeypatch.setattr(render, "write_report", broken)
     with pytest.raises(RuntimeError, match="renderer exploded"):
-        explain(ExplainSettings(model_uri="models:/doomed@champion", data="synthetic:15",
+        explain(dict(model_uri="models:/doomed@champion", data="synthetic:15",
                                 quality="off"))
     run = mlflow.search_runs(experiment_names=["tests"], output_format="list")[0]
     assert run.info.status == "FAILED"
@@ -120,7 +120,7 @@ def test_a_public_layout_is_explained_with_every_file_accounted_for(tracking_sto
     label_map = tmp_path / "labels.yaml"
     label_map.write_text("NORMAL: NORMAL\nPNEUMONIA: null\n")  # pneumonia left out on purpose
     register(small_model("softmax"), "public")
-    result = explain(ExplainSettings(model_uri="models:/public@champion", data=str(root),
+    result = explain(dict(model_uri="models:/public@champion", data=str(root),
                                      label_map=str(label_map), quality="off"))
     metrics = mlflow.get_run(result.run_id).data.metrics
     # test/: 2 NORMAL (one empty) and 2 PNEUMONIA (mapped to nothing)

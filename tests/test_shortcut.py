@@ -8,14 +8,14 @@ would, so the thresholds are tested on the models the README shows.
 import mlflow
 import pytest
 
-from report.pipeline import ExplainSettings, TrainSettings, explain, train
+from report.pipeline import explain, train
 
 pytestmark = pytest.mark.slow
 
 
 def shortcut_metrics(data: str, name: str) -> dict[str, float]:
-    train(TrainSettings(data=data, model_name=name))
-    result = explain(ExplainSettings(model_uri=f"models:/{name}@champion", data=data))
+    train(dict(data=data, model_name=name))
+    result = explain(dict(model_uri=f"models:/{name}@champion", data=data))
     metrics = mlflow.get_run(result.run_id).data.metrics
     return {k: v for k, v in metrics.items() if k.startswith("shortcut.")}
 

@@ -1,0 +1,173 @@
+"""The Python API: `audit` (the whole report) and `explain` (the engine alone).
+
+Keyword options, their defaults and their checks come from options.py; the signatures below
+are built from it, so `help(report.audit)` and notebooks show every keyword with its default.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import tempfile
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from report import options
+from report.errors import OptionError, UserError
+
+IN_MEMORY = "in memory"
+
+
+def audit(model, data, **keywords):
+    """Audit a Keras chest X-ray classifier: predictions, CAM heatmaps for every image,
+    trust checks, and what the HTML/PDF report shows. Returns a `report.Audit`.
+
+    model: a `keras.Model` in memory, a model URI (`models:/NAME@ALIAS`,
+        `models:/NAME/VERSION`, `runs:/RUN_ID/PATH`) or a local MLflow model folder.
+    data: a data-source spec as the CLI takes it (`synthetic:120`, `kermany:/data/chest_xray`),
+        a folder, or a tuple `(images, labels)` of in-memory arrays: raw 0-255 pixels
+        (N, H, W[, C]) and class indices, class names or None. In-memory arrays are used whole
+        (`split` applies to data on disk only).
+
+    Nothing is logged: no MLflow run is created until `Audit.log_to_mlflow()` is called. The
+    artifact files (predictions.csv, overlays/, cams/) are written to a new folder
+    `output_dir/audit-<time>-<id>/` (`Audit.artifacts_dir`); with `output_dir=None`, to a
+    temporary folder that lives as long as the Audit. Raises a ValueError subclass naming the
+    keyword for a bad value.
+    """
+    values = options.resolve("explain", keywords, only=_AUDIT_KEYWORDS)
+    from report import core
+
+    loaded = _loaded_model(model, values)
+    source, data_label = _source(data, loaded.metadata.class_names, values)
+    if values["output_dir"] is None:
+        workspace = tempfile.TemporaryDirectory(prefix="cxr-audit-")
+        artifacts_dir = Path(workspace.name)
+    else:
+        workspace, artifacts_dir = None, _new_folder(Path(values["output_dir"]))
+    result = core.run_audit(loaded, source, values, artifacts_dir, data_label)
+    result._workspace = workspace
+    return result
+
+
+def _new_folder(output_dir: Path) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    folder = output_dir / f"audit-{stamp}-{uuid.uuid4().hex[:6]}"
+    try:
+        folder.mkdir(parents=True)
+    except OSError as error:
+        raise OptionError("output_dir", f"cannot create {folder}: {error.strerror}; pass a "
+                          "writable folder") from error
+    return folder
+
+
+def explain(model, images, classes=None, **keywords):
+    """The engine alone: class probabilities and maps for one batch, in one compiled pass.
+
+    images: raw 0-255 pixels (B, H, W[, C]) at the model's input size.
+    classes: the class to explain per image (B,), or None for the predicted one.
+    Returns a `report.Explanation`: `probabilities` (B, C), `class_index` (B,), `raw_maps`
+    (B, h, w) at the target layer's resolution and `maps` (B, H, W) at the input's, both
+    unnormalised (ReLU'd).
+    """
+    values = options.resolve("explain", keywords, only=_EXPLAIN_KEYWORDS)
+    from report.cam.engine import make_engine
+    from report.streaming import preprocess
+
+    loaded = _loaded_model(model, values)
+    metadata = loaded.metadata
+    pixels = _pixel_batch(images, metadata)
+    layer = values["layer"] if values["layer"] != "auto" else (metadata.target_layer or "auto")
+    engine = make_engine(values["method"], loaded.model, layer, values["score"],
+                         (*metadata.image_size, metadata.channels))
+    if classes is not None:
+        classes = np.asarray(classes, dtype=np.int32)
+    return engine.explain(preprocess(pixels, metadata), classes)
+
+
+# The model and the data are positional; `explain` takes only the engine's options.
+_AUDIT_KEYWORDS = tuple(o.name for o in options.EXPLAIN if o.name not in ("model_uri", "data"))
+_EXPLAIN_KEYWORDS = ("method", "layer", "score", "class_names", "unsafe_deserialization")
+
+
+def _loaded_model(model, values):
+    import keras
+
+    from report.model import LoadedModel, ModelMetadata
+
+    if isinstance(model, keras.Model):
+        metadata = {"class_names": values["class_names"]} if values["class_names"] else None
+        return LoadedModel(model=model, metadata=ModelMetadata.from_mlflow(metadata, model),
+                           name=model.name, version="", source=IN_MEMORY)
+    if not isinstance(model, str | os.PathLike):
+        raise OptionError("model", f"got a {type(model).__name__}; pass a keras.Model, a "
+                          "model URI or a local MLflow model folder")
+    from report import tracking
+
+    return tracking.load_model(str(model), values["unsafe_deserialization"],
+                               values["class_names"])
+
+
+def _source(data, class_names, values):
+    from report.data import load_label_map, open_source
+
+    label_map = load_label_map(values["label_map"]) if values["label_map"] else None
+    if isinstance(data, tuple):
+        label = f"in-memory arrays ({len(data[0]) if len(data) else 0} images)"
+    elif isinstance(data, str | os.PathLike):
+        label = str(data)
+    else:
+        raise OptionError("data", f"got a {type(data).__name__}; pass a data spec, a folder "
+                          "or a tuple (images, labels)")
+    return open_source(data, class_names, values["split"], label_map), label
+
+
+def _pixel_batch(images, metadata) -> np.ndarray:
+    """uint8-range RGB (B, H, W, 3) at the model's size, as the streaming pass makes them."""
+    pixels = np.asarray(images)
+    if pixels.ndim == 3:
+        pixels = pixels[..., None]
+    if pixels.ndim != 4 or pixels.shape[-1] not in (1, 3):
+        raise OptionError("images", f"shape {pixels.shape} is not (B, H, W) or (B, H, W, 1|3)")
+    if tuple(pixels.shape[1:3]) != tuple(metadata.image_size):
+        raise UserError(f"images: {pixels.shape[1]}x{pixels.shape[2]} pixels, but the model "
+                        f"takes {metadata.image_size[0]}x{metadata.image_size[1]}; resize them "
+                        "first (or use report.audit, which resizes)")
+    if pixels.shape[-1] == 1:
+        pixels = np.repeat(pixels, 3, axis=-1)
+    return pixels.astype(np.float32)
+
+
+def _declared(names: tuple[str, ...]) -> list[options.Option]:
+    return [option for option in options.EXPLAIN if option.name in names]
+
+
+def _signature(first: list[inspect.Parameter], names: tuple[str, ...]) -> inspect.Signature:
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    return inspect.Signature(first + [
+        inspect.Parameter(option.keyword, keyword, default=option.default)
+        for option in _declared(names)
+    ])
+
+
+def _positional(*names: str) -> list[inspect.Parameter]:
+    return [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names]
+
+
+def _keyword_help(names: tuple[str, ...]) -> str:
+    lines = ["", "Keyword options (the CLI's --kebab-case flags, MLproject's parameters):"]
+    for option in _declared(names):
+        allowed = f" One of {', '.join(option.choices)}." if option.choices else ""
+        lines.append(f"    {option.keyword}={option.default!r}: {option.help}.{allowed}")
+    return "\n".join(lines)
+
+
+audit.__signature__ = _signature(_positional("model", "data"), _AUDIT_KEYWORDS)
+audit.__doc__ += _keyword_help(_AUDIT_KEYWORDS)
+explain.__signature__ = _signature(_positional("model", "images") + [
+    inspect.Parameter("classes", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)],
+    _EXPLAIN_KEYWORDS)
+explain.__doc__ += _keyword_help(_EXPLAIN_KEYWORDS)

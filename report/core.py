@@ -1,0 +1,174 @@
+"""The audit core: a source streamed through the engine into the artifact sink and bounded
+summaries, then measured once into an `Audit`. Nothing here calls MLflow or renders.
+
+    source -> batches -> engine -> per-image results -> artifact files + summaries -> Audit
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from report import findings, measures, options
+from report.artifacts import ArtifactWriter
+from report.cam.engine import make_engine
+from report.data import take_inventory
+from report.errors import UserError
+from report.model import LoadedModel
+from report.render import ReportContext, Table
+from report.result import Audit
+from report.streaming import Explainer
+
+
+def run_audit(loaded: LoadedModel, source, values: Mapping, artifacts_dir: Path,
+              data_label: str) -> Audit:
+    """Explain `source` with `loaded`'s model per the checked option `values` (see
+    options.EXPLAIN), streaming overlays, maps and prediction rows into `artifacts_dir`.
+    `data_label` is the data as the caller named it (the `data` run param)."""
+    metadata = loaded.metadata
+    records = source.records[: values["limit"]] if values["limit"] else source.records
+    if not records:
+        raise UserError(f"data: no images to explain in '{data_label}' ({values['split']} "
+                        "split); pass another --data or --split")
+    layer = values["layer"] if values["layer"] != "auto" else (metadata.target_layer or "auto")
+    engine = make_engine(values["method"], loaded.model, layer, values["score"],
+                         (*metadata.image_size, metadata.channels))
+    started = time.perf_counter()
+    explainer = Explainer(values, metadata, engine)
+    with ArtifactWriter(Path(artifacts_dir), metadata.class_names, engine.target.name,
+                        metadata.image_size) as writer:
+        skipped = explainer.run(source, records, writer)
+    explained_seconds = time.perf_counter() - started
+    results = explainer.finish()
+    audit = _measure(loaded, source, values, engine, explainer, results, skipped, data_label,
+                     Path(artifacts_dir), elapsed=time.perf_counter() - started)
+    audit.metrics["time.explain_seconds"] = explained_seconds
+    audit.metrics["time.quality_seconds"] = explainer.quality_seconds
+    return audit
+
+
+def _measure(loaded, source, values, engine, explainer, results, skipped, data_label,
+             artifacts_dir: Path, elapsed: float) -> Audit:
+    """Every metric, sentence and figure, each computed once."""
+    collected = explainer.collected
+    class_names = loaded.metadata.class_names
+    scores = measures.classification_quality(np.asarray(collected.y_true),
+                                             np.asarray(collected.y_pred), class_names)
+    roc, calibration = _roc_and_calibration(results)
+    inventory = take_inventory(source, class_names, explainer.explained, skipped,
+                               values["limit"])
+    n_flagged = len(collected.flagged)
+    metrics = {
+        **scores.metrics(),
+        **findings.classification_metrics(roc, calibration),
+        **findings.explanation_metrics(results),
+        "images_explained": len(collected.y_pred),
+        "images_skipped": len(skipped),
+        "shortcut.flagged_images": n_flagged,
+        "data.found": inventory.found,
+        "data.used": inventory.used,
+        "data.skipped": inventory.skipped,
+    }
+    metrics = {findings.metric_key(name): float(value) for name, value in metrics.items()}
+    summary = findings.summary(results, metrics, scores.accuracy, len(collected.y_pred),
+                               n_flagged)
+    sections = findings.sections(results, n_flagged)
+    classification_figures = findings.classification_figures(roc, calibration)
+    context = ReportContext(
+        model_name=loaded.name,
+        model_version=loaded.version or "—",
+        model_alias=loaded.alias,
+        model_source=loaded.source,
+        data_source=source.description,
+        data_fingerprint=explainer.fingerprint,
+        run_id=None,
+        created=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        settings=_settings_table(values, engine, source),
+        assumptions=list(loaded.metadata.assumed) + list(source.notes),
+        class_names=list(class_names),
+        n_images=len(collected.y_pred),
+        accuracy=scores.accuracy,
+        per_class=scores.per_class,
+        confusion=scores.confusion,
+        grids=collected.grids(class_names),
+        skipped=[(item.source, item.reason) for item in skipped],
+        elapsed_seconds=elapsed,
+        summary=summary,
+        sections=sections,
+        extremes=collected.extremes(),
+        flagged=collected.flagged,
+        figures=classification_figures,
+        data=_inventory_table(inventory),
+    )
+    return Audit(
+        metrics=metrics,
+        params=_params(loaded, source, values, engine, explainer.fingerprint, data_label),
+        findings=list(summary),
+        sections=list(sections),
+        figures=[*classification_figures, *(f for s in sections for f in s.figures)],
+        artifacts_dir=artifacts_dir,
+        context=context,
+    )
+
+
+def _roc_and_calibration(results):
+    if not len(results.y_true):
+        return [], None
+    return (measures.roc_curves(results.y_true, results.probabilities, results.class_names),
+            measures.calibration(results.y_true, results.probabilities))
+
+
+def _inventory_table(inventory) -> Table:
+    rows = [
+        [row.source, row.class_name, str(row.found), str(row.used), str(row.skipped),
+         "; ".join(f"{reason} ({n})" for reason, n in sorted(row.reasons.items())) or "—"]
+        for row in inventory.rows
+    ]
+    return Table(["Source", "Class", "Found", "Used", "Skipped", "Reasons"], rows)
+
+
+def _settings_table(values: Mapping, engine, source) -> dict[str, str]:
+    height, width = engine.target.map_size
+    automatic = " (automatic)" if values["layer"] == "auto" else ""
+    rows = options.settings_rows("explain", values, resolved={
+        "layer": engine.target.name + automatic,
+        "limit": "all images" if not values["limit"] else str(values["limit"]),
+        "split": None if source.applies_split else "all (arrays in memory are not split)",
+    })
+    # The feature-map size belongs next to the layer it comes from.
+    ordered = {}
+    for label, wording in rows.items():
+        ordered[label] = wording
+        if label == "Target layer":
+            ordered["Feature map"] = f"{height} x {width}"
+    return ordered
+
+
+# Options that describe where files go rather than what was computed are not run params.
+_NOT_PARAMS = ("output_dir", "class_names")
+
+
+def _params(loaded, source, values, engine, fingerprint: str, data_label: str) -> dict:
+    height, width = engine.target.map_size
+    params = {name: value for name, value in values.items() if name not in _NOT_PARAMS}
+    params.update(
+        model_uri=loaded.uri or f"in memory ({loaded.name})",
+        data=data_label,
+        label_map=values["label_map"] or "none",
+        model_name=loaded.name,
+        model_version=loaded.version,
+        model_source=loaded.source,
+        target_layer=engine.target.name,
+        target_map_size=f"{height}x{width}",
+        data_source=source.description,
+        data_fingerprint=fingerprint,
+    )
+    if values["class_names"]:
+        params["class_names"] = ",".join(values["class_names"])
+    if not source.applies_split:
+        params["split"] = "all"
+    return {name: str(value) for name, value in params.items()}

@@ -1,0 +1,103 @@
+"""Where a finished Audit goes: report files (HTML, PDF) and an MLflow run. Sinks never
+compute; they only write what the Audit holds."""
+
+from __future__ import annotations
+
+import io
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from report import render, tracking
+from report.data.ids import safe_id
+from report.result import Audit
+
+CHARTED_OVERLAYS = 4  # per class, as MLflow image charts
+
+
+def context_for(audit: Audit, run_id: str | None) -> render.ReportContext:
+    return replace(audit.context, run_id=run_id)
+
+
+def write_html(audit: Audit, path: Path, run_id: str | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render.render_html(context_for(audit, run_id)), encoding="utf-8")
+    return path
+
+
+def write_pdf(audit: Audit, path: Path, run_id: str | None = None) -> Path:
+    return render.write_pdf(render.render_html(context_for(audit, run_id)), path)
+
+
+def write_report(audit: Audit, folder: Path, run_id: str | None = None) -> tuple[Path, Path]:
+    """`folder/report.html` and `folder/report.pdf`."""
+    return render.write_report(context_for(audit, run_id), folder)
+
+
+def log_audit(audit: Audit, run_id: str | None = None,
+              report_files: tuple[Path, Path] | None = None) -> str:
+    """Params, metrics, artifacts, figures, overlay charts, the two report files and the run
+    description, into `run_id` (else the active run, else a new one). `report_files` are
+    already rendered copies for this run; without them they are rendered here."""
+    run_name = f"report-{audit.context.model_name}"
+    if run_id is None and not tracking.active_run_id():
+        tracking.configure_store()  # a new run: the project's store in a checkout, as the CLI
+    with tracking.run_for(run_id, run_name) as run, \
+            tempfile.TemporaryDirectory(prefix="cxr-report-") as scratch:
+        logged_id = run.info.run_id
+        html, pdf = report_files or write_report(audit, Path(scratch), logged_id)
+        tracking.log_new_params(audit.params)
+        tracking.log_metrics(audit.metrics)
+        tracking.log_artifacts(audit.artifacts_dir)
+        for figure in audit.figures:
+            tracking.log_text(figure.svg, f"figures/{safe_id(figure.title.lower())}.svg")
+        tracking.log_overlay_charts(_charted_overlays(audit), CHARTED_OVERLAYS)
+        tracking.log_artifact(html, "report")
+        tracking.log_artifact(pdf, "report")
+        tracking.set_note(run_note(context_for(audit, logged_id)))
+    return logged_id
+
+
+def _charted_overlays(audit: Audit) -> dict[str, list[np.ndarray]]:
+    return {grid.class_name: [_decode_png(item.png) for item in grid.items[:CHARTED_OVERLAYS]]
+            for grid in audit.context.grids}
+
+
+def _decode_png(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+def _markdown_text(text: str) -> str:
+    """Data-derived text (class names, model names) as literal text in the run description:
+    the MLflow UI renders it as Markdown through a sanitiser that would drop a `<script>`
+    class name together with the rest of the table."""
+    escaped = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return "".join(f"\\{c}" if c in "\\`*_[]|#" else c for c in escaped)
+
+
+def run_note(context: render.ReportContext) -> str:
+    """The run description (`mlflow.note.content`): the disclaimer first, then the gist."""
+    rows = "\n".join(
+        f"| {_markdown_text(row['class'])} | {row['precision']:.2f} | {row['recall']:.2f} "
+        f"| {row['f1']:.2f} | {row['support']} |"
+        for row in context.per_class
+    )
+    alias = f" (@{context.model_alias})" if context.model_alias else ""
+    settings = context.settings
+    return (
+        f"**{render.DISCLAIMER}**\n\n"
+        f"{settings['Method']} report for **{_markdown_text(context.model_name)} "
+        f"v{context.model_version}{_markdown_text(alias)}** on "
+        f"{_markdown_text(context.data_source)}.\n\n"
+        f"- Images explained: {context.n_images}; skipped: {len(context.skipped)}\n"
+        f"- Accuracy: {context.accuracy:.1%}\n"
+        f"- Target layer: {_markdown_text(settings['Target layer'])}; class score: "
+        f"{settings['Class score']};"
+        f" normalisation: {settings['Normalisation']}\n\n"
+        "| class | precision | recall | F1 | support |\n|---|---|---|---|---|\n"
+        f"{rows}\n\n"
+        "Full report: artifacts `report/report.html` and `report/report.pdf`."
+    )
