@@ -40,7 +40,9 @@ def audit(model, data, **keywords):
     """
     values = options.resolve("explain", keywords, only=_AUDIT_KEYWORDS)
     from report import core
+    from report.cam.engine import share_cores_with_workers
 
+    share_cores_with_workers()  # only takes effect before TensorFlow's runtime has started
     loaded = _loaded_model(model, values)
     source, data_label = _source(data, loaded.metadata.class_names, values)
     if values["output_dir"] is None:

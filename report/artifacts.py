@@ -19,14 +19,17 @@ from report.data.folder import safe_id
 LAYER_KEY = "_layer"
 IMAGE_SIZE_KEY = "_image_size"
 UNLABELLED = "unlabelled"
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
 class ArtifactWriter:
     """Streams overlays, raw maps and prediction rows into a staging folder."""
 
-    def __init__(self, folder: Path, class_names: tuple[str, ...], layer: str, image_size):
+    def __init__(self, folder: Path, class_names: tuple[str, ...], layer: str, image_size,
+                 overlay_suffix: str = ".png"):
         self.folder = Path(folder)
         self.class_names = class_names
+        self.overlay_suffix = overlay_suffix
         (self.folder / "cams").mkdir(parents=True, exist_ok=True)
         # np.savez needs every array at once; writing .npy members into the zip one by one
         # keeps memory flat and still loads with np.load.
@@ -44,10 +47,10 @@ class ArtifactWriter:
             + ["correct", "flags"]
         )
 
-    def add_overlay(self, image_id: str, label: int | None, png: bytes) -> None:
+    def add_overlay(self, image_id: str, label: int | None, encoded: bytes) -> None:
         overlay_dir = self.folder / "overlays" / safe_id(self._name(label))
         overlay_dir.mkdir(parents=True, exist_ok=True)
-        (overlay_dir / f"{image_id}.png").write_bytes(png)
+        (overlay_dir / f"{image_id}{self.overlay_suffix}").write_bytes(encoded)
 
     def add_map(self, key: str, raw_map: np.ndarray) -> None:
         self._add_array(key, raw_map.astype(np.float32))
@@ -87,7 +90,10 @@ class ArtifactWriter:
     def _add_array(self, key: str, array: np.ndarray) -> None:
         buffer = io.BytesIO()
         np.lib.format.write_array(buffer, array, allow_pickle=False)
-        self._cams.writestr(f"{key}.npy", buffer.getvalue())
+        # A fixed timestamp: the same maps give the same bytes, whenever they were written.
+        member = zipfile.ZipInfo(f"{key}.npy", date_time=ZIP_EPOCH)
+        member.compress_type = zipfile.ZIP_DEFLATED
+        self._cams.writestr(member, buffer.getvalue())
 
 
 class CamMaps(Mapping):

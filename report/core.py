@@ -40,7 +40,7 @@ def run_audit(loaded: LoadedModel, source, values: Mapping, artifacts_dir: Path,
     started = time.perf_counter()
     explainer = Explainer(values, metadata, engine)
     with ArtifactWriter(Path(artifacts_dir), metadata.class_names, engine.target.name,
-                        metadata.image_size) as writer:
+                        metadata.image_size, explainer.overlay_suffix) as writer:
         skipped = explainer.run(source, records, writer)
     explained_seconds = time.perf_counter() - started
     results = explainer.finish()

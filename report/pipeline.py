@@ -13,6 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from report import core, options, sinks, tracking
+from report.cam.engine import share_cores_with_workers
 from report.data import SYNTHETIC_NAMES, detect_layouts, load_label_map, open_source
 from report.data.batches import iter_batches
 from report.data.records import Skipped
@@ -132,6 +133,7 @@ def explain(values: dict) -> ReportRun:
     and keeps the artifacts made so far."""
     values = options.resolve("explain", values)
     tracking.configure_store()
+    share_cores_with_workers()  # before the model load starts TensorFlow's runtime
     loaded = tracking.load_model(values["model_uri"], values["unsafe_deserialization"],
                                  values["class_names"])
     label_map = load_label_map(values["label_map"]) if values["label_map"] else None

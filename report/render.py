@@ -45,7 +45,8 @@ class GridItem:
     predicted_label: str
     confidence: float  # probability of the predicted class, 0..1
     correct: bool
-    png: bytes  # the overlay image, PNG-encoded, label bar already drawn on it
+    overlay: bytes  # the overlay image, encoded, label bar already drawn on it
+    media_type: str = "image/png"  # or "image/jpeg" with overlay_format=jpeg
 
 
 @dataclass(frozen=True)
@@ -201,7 +202,7 @@ def _environment() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     environment.filters.update(
-        png_data_uri=lambda png: _data_uri("image/png", png),
+        overlay_data_uri=lambda item: _data_uri(item.media_type, item.overlay),
         svg_data_uri=lambda svg: _data_uri("image/svg+xml", svg.encode("utf-8")),
         percent=_format_percent,
         decimal=_format_decimal,

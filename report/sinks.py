@@ -62,12 +62,12 @@ def log_audit(audit: Audit, run_id: str | None = None,
 
 
 def _charted_overlays(audit: Audit) -> dict[str, list[np.ndarray]]:
-    return {grid.class_name: [_decode_png(item.png) for item in grid.items[:CHARTED_OVERLAYS]]
+    return {grid.class_name: [_decoded(item.overlay) for item in grid.items[:CHARTED_OVERLAYS]]
             for grid in audit.context.grids}
 
 
-def _decode_png(png: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+def _decoded(overlay: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(overlay)).convert("RGB"))
 
 
 def _markdown_text(text: str) -> str:

@@ -8,9 +8,13 @@ predictions and a few hundred bytes per map are kept.
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 import time
+from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from tqdm import tqdm
@@ -19,7 +23,7 @@ from report import render
 from report.artifacts import ArtifactWriter
 from report.cam.engine import upsample
 from report.cam.normalise import by_scale, per_image
-from report.cam.overlay import encode_png, label_text, make_overlay
+from report.cam.overlay import OVERLAY_FORMATS, encode, label_text, make_overlay
 from report.checks import QualityAccumulator, QualityPlan
 from report.data.batches import Batch, iter_batches
 from report.data.folder import safe_id
@@ -85,22 +89,39 @@ class Collected:
 @dataclass(frozen=True)
 class _Map:
     """One map to draw: the image's predicted class (`extra=False`) or, for multi-label
-    heads, another class above the threshold, saved as `<image_id>__<class>`."""
+    heads, another class above the threshold, saved as `<image_id>__<class>`. `full` is the
+    map at input size (kept only while its overlay is drawn)."""
 
     class_index: int
     confidence: float
     raw: np.ndarray
+    full: np.ndarray | None = None
     extra: bool = False
+
+
+@dataclass(frozen=True)
+class _Drawn:
+    """An overlay being encoded in a worker thread, and what writing it needs."""
+
+    record: object
+    item: _Map
+    encoded: Future
 
 
 class Explainer:
     """Streams batches through the engine into the artifact writer (`settings`: the checked
     values of options.EXPLAIN).
 
+    Three stages overlap: worker threads decode the next images while the engine explains
+    the current batch, and other worker threads draw and encode its overlays. Results are
+    consumed in record order, so every artifact is the same whatever the number of workers;
+    the queues between stages are bounded, so memory does not grow with the number of
+    images. OpenCV's and Pillow's codecs release the GIL, which is what makes threads pay.
+
     With `normalize=image` each overlay is drawn as its batch is explained. With `global`, the
-    shared scale is only known once every map exists, so a second pass re-reads the images
-    and draws the overlays from the raw maps kept (feature-map size: a few hundred bytes per
-    map); nothing image-sized is held beyond one batch.
+    shared scale is only known once every map exists: the first pass spills each decoded film
+    to a temporary file (uint8, the model's size) and keeps the raw maps (feature-map size, a
+    few hundred bytes each); the second pass draws from those, without decoding again.
     """
 
     def __init__(self, settings: Mapping, metadata: ModelMetadata, engine):
@@ -109,16 +130,25 @@ class Explainer:
         self.engine = engine
         self.collected = Collected()
         self._fingerprint = hashlib.sha256()
-        self._pending: dict[str, list[_Map]] = {}
+        self._pending: list[tuple[object, list[_Map]]] = []  # normalize=global: second pass
         self._global_scale = 0.0
         self.quality = QualityAccumulator(QualityPlan.of(settings["quality"]),
                                           metadata.class_names, metadata.image_size)
         self.quality_seconds = 0.0
         self.explained: list = []  # records, for the data accounting
+        self.workers = settings["workers"] or os.cpu_count() or 1
+        self._drawn: deque[_Drawn] = deque()
+        self._suffix, self._media_type = OVERLAY_FORMATS[settings["overlay_format"]]
+        # Enough work queued to keep every worker busy while the engine runs, and no more.
+        self._window = max(2 * settings["batch_size"], 4 * self.workers)
 
     @property
     def fingerprint(self) -> str:
         return self._fingerprint.hexdigest()
+
+    @property
+    def overlay_suffix(self) -> str:
+        return self._suffix
 
     def finish(self):
         """The checks that need extra forward passes, on the bounded sample."""
@@ -129,26 +159,33 @@ class Explainer:
 
     def run(self, source, records, writer: ArtifactWriter) -> list[Skipped]:
         skipped: list[Skipped] = []
-        batches = iter_batches(source, records, self.metadata.image_size,
-                               self.settings["batch_size"], skipped)
-        with _progress(len(records), "Explaining") as progress:
-            for batch in batches:
-                self._explain_batch(batch, writer)
-                progress.update(len(batch.records))
-            for item in skipped:
-                writer.add_skipped(item.image_id, item.source, item.label, item.reason)
-            progress.update(len(skipped))
-        if self.settings["normalize"] == "global":
-            self._draw_globally_normalised(source, records, writer)
+        with (
+            ThreadPoolExecutor(self.workers, thread_name_prefix="cxr-worker") as pool,
+            tempfile.TemporaryFile(prefix="cxr-films-") as films,
+        ):
+            batches = iter_batches(source, records, self.metadata.image_size,
+                                   self.settings["batch_size"], skipped, pool=pool,
+                                   window=self._window)
+            with _progress(len(records), "Explaining") as progress:
+                for batch in batches:
+                    self._explain_batch(batch, writer, pool, films)
+                    self._write_overlays(writer, keep=self._window)
+                    progress.update(len(batch.records))
+                self._write_overlays(writer, keep=0)
+                for item in skipped:
+                    writer.add_skipped(item.image_id, item.source, item.label, item.reason)
+                progress.update(len(skipped))
+            if self.settings["normalize"] == "global":
+                self._draw_globally_normalised(writer, pool, films)
         return skipped
 
-    def _explain_batch(self, batch: Batch, writer: ArtifactWriter) -> None:
+    def _explain_batch(self, batch: Batch, writer: ArtifactWriter, pool, films) -> None:
         images = preprocess(batch.pixels, self.metadata)
         explanation = self.engine.explain(images)
         maps_per_image = [
-            [_Map(int(c), float(p[c]), raw)]
-            for c, p, raw in zip(explanation.class_index, explanation.probabilities,
-                                 explanation.raw_maps, strict=True)
+            [_Map(int(c), float(p[c]), raw, full)]
+            for c, p, raw, full in zip(explanation.class_index, explanation.probabilities,
+                                       explanation.raw_maps, explanation.maps, strict=True)
         ]
         if self.engine.head.multi_label:
             self._add_other_labels(images, explanation, maps_per_image)
@@ -173,10 +210,12 @@ class Explainer:
             self.collected.add_prediction(record.label, predicted)
             self._fingerprint.update(f"{record.image_id}|{record.label}|{image.digest}\n".encode())
             if self.settings["normalize"] == "image":
-                self._draw(record, image.pixels, maps, per_image, writer)
+                heatmaps = per_image(np.stack([m.full for m in maps]))
+                self._draw(record, image.pixels, maps, heatmaps, pool)
             else:
                 self._global_scale = max([self._global_scale, *(m.raw.max() for m in maps)])
-                self._pending[record.image_id] = maps
+                films.write(np.ascontiguousarray(image.pixels).tobytes())
+                self._pending.append((record, [replace(m, full=None) for m in maps]))
 
     def _add_other_labels(self, images, explanation, maps_per_image) -> None:
         """Multi-label heads: one more map for every other class at or above the threshold,
@@ -187,36 +226,51 @@ class Explainer:
         if not len(rows):
             return
         more = self.engine.explain(images[rows], classes)
-        for row, c, raw in zip(rows, classes, more.raw_maps, strict=True):
+        for row, c, raw, full in zip(rows, classes, more.raw_maps, more.maps, strict=True):
             confidence = float(explanation.probabilities[row, c])
-            maps_per_image[row].append(_Map(int(c), confidence, raw, extra=True))
+            maps_per_image[row].append(_Map(int(c), confidence, raw, full, extra=True))
 
-    def _draw_globally_normalised(self, source, records, writer: ArtifactWriter) -> None:
-        explained = [r for r in records if r.image_id in self._pending]
-        batches = iter_batches(source, explained, self.metadata.image_size,
-                               self.settings["batch_size"], [])
-        scale = self._global_scale
-        with _progress(len(explained), "Drawing overlays") as progress:
-            for batch in batches:
-                for record, image in zip(batch.records, batch.images, strict=True):
-                    maps = self._pending.pop(record.image_id)
-                    self._draw(record, image.pixels, maps, lambda m: by_scale(m, scale), writer)
-                progress.update(len(batch.records))
+    def _draw_globally_normalised(self, writer: ArtifactWriter, pool, films) -> None:
+        """The second pass: films from the spill file, maps upsampled a batch at a time."""
+        films.flush()
+        height, width = self.metadata.image_size
+        stored = np.memmap(films, np.uint8, mode="r", shape=(len(self._pending), height,
+                                                             width, 3))
+        scale, size = self._global_scale, self.settings["batch_size"]
+        with _progress(len(self._pending), "Drawing overlays") as progress:
+            for start in range(0, len(self._pending), size):
+                chunk = self._pending[start : start + size]
+                raw = np.stack([m.raw for _, maps in chunk for m in maps])
+                full = iter(by_scale(upsample(raw, (height, width)).numpy(), scale))
+                for offset, (record, maps) in enumerate(chunk):
+                    heatmaps = [next(full) for _ in maps]
+                    self._draw(record, np.array(stored[start + offset]), maps, heatmaps, pool)
+                self._write_overlays(writer, keep=self._window)
+                progress.update(len(chunk))
+            self._write_overlays(writer, keep=0)
+        del stored
+        self._pending = []
 
-    def _draw(self, record, pixels, maps: list[_Map], normalise, writer: ArtifactWriter):
-        upsampled = upsample(np.stack([m.raw for m in maps]), self.metadata.image_size).numpy()
-        for item, heatmap in zip(maps, normalise(upsampled), strict=True):
-            png = self._overlay_png(pixels, heatmap, item)
-            writer.add_overlay(self._key(record.image_id, item), record.label, png)
+    def _draw(self, record, pixels, maps: list[_Map], heatmaps, pool) -> None:
+        """Queue each map's overlay for a worker thread; `_write_overlays` collects them."""
+        for item, heatmap in zip(maps, heatmaps, strict=True):
+            label = label_text(self.metadata.class_names[item.class_index], item.confidence)
+            encoded = pool.submit(draw_and_encode, pixels, heatmap, label,
+                                  self.settings["alpha"], self.settings["colormap"],
+                                  self.settings["overlay_format"])
+            self._drawn.append(_Drawn(record, replace(item, full=None), encoded))
+
+    def _write_overlays(self, writer: ArtifactWriter, keep: int) -> None:
+        """Write finished overlays in record order until at most `keep` are in flight."""
+        while len(self._drawn) > keep:
+            drawn = self._drawn.popleft()
+            encoded = drawn.encoded.result()
+            record, item = drawn.record, drawn.item
+            writer.add_overlay(self._key(record.image_id, item), record.label, encoded)
             if not item.extra:
-                self.collected.offer_tile(record.label, self._tile(record, item, png))
+                self.collected.offer_tile(record.label, self._tile(record, item, encoded))
 
-    def _overlay_png(self, pixels, heatmap, item: _Map) -> bytes:
-        label = label_text(self.metadata.class_names[item.class_index], item.confidence)
-        return encode_png(make_overlay(pixels, heatmap, label, self.settings["alpha"],
-                                       self.settings["colormap"]))
-
-    def _tile(self, record, item: _Map, png: bytes) -> render.GridItem:
+    def _tile(self, record, item: _Map, encoded: bytes) -> render.GridItem:
         class_names = self.metadata.class_names
         return render.GridItem(
             image_id=record.image_id,
@@ -224,13 +278,20 @@ class Explainer:
             predicted_label=class_names[item.class_index],
             confidence=item.confidence,
             correct=record.label == item.class_index,
-            png=png,
+            overlay=encoded,
+            media_type=self._media_type,
         )
 
     def _key(self, image_id: str, item: _Map) -> str:
         if not item.extra:
             return image_id
         return f"{image_id}__{safe_id(self.metadata.class_names[item.class_index])}"
+
+
+def draw_and_encode(pixels, heatmap, label: str, alpha: float, colormap: str,
+                    overlay_format: str) -> bytes:
+    """One overlay, start to finish: run in a worker thread."""
+    return encode(make_overlay(pixels, heatmap, label, alpha, colormap), overlay_format)
 
 
 def _progress(total: int, description: str) -> tqdm:

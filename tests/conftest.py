@@ -65,3 +65,29 @@ def run_cli(args: list[str], env: dict[str, str], cwd: Path, check: bool = True)
     if check and result.returncode != 0:
         raise AssertionError(f"report {args} failed:\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def synthetic_films(count: int, size: int):
+    """(images, labels) of the built-in synthetic films: in-memory data for the Python API."""
+    import numpy as np
+
+    from report.data import synthetic
+
+    cases = [synthetic.generate(i, size=size) for i in range(count)]
+    return np.stack([case.image for case in cases]), [case.label for case in cases]
+
+
+def tiny_classifier(size: int, name: str, convs: int = 1, seed: int = 0):
+    """An untrained CNN (convs conv layers, the last named `features`) with a softmax head
+    over three classes: enough for the mechanics of an audit."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(seed)
+    hidden = [layers.Conv2D(6, 3, activation="relu") for _ in range(convs - 1)]
+    return keras.Sequential([
+        keras.Input((size, size, 3)), *hidden,
+        layers.Conv2D(8, 3, activation="relu", name="features"),
+        layers.GlobalAveragePooling2D(),
+        layers.Dense(3, activation="softmax"),
+    ], name=name)

@@ -8,15 +8,13 @@ import keras
 import mlflow
 import numpy as np
 import pytest
-from keras import layers
 from mlflow.tracking import MlflowClient
 from pypdf import PdfReader
 
 import report
 from report import measures
-from report.data import synthetic
 from report.render import DISCLAIMER
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, synthetic_films, tiny_classifier
 
 CLASSES = ["COVID-19", "NORMAL", "OTHER_INFECTION"]
 SIZE = 48
@@ -24,19 +22,12 @@ SIZE = 48
 
 @pytest.fixture(scope="module")
 def model() -> keras.Model:
-    keras.utils.set_random_seed(0)
-    return keras.Sequential([
-        keras.Input((SIZE, SIZE, 3)),
-        layers.Conv2D(8, 3, activation="relu", name="features"),
-        layers.GlobalAveragePooling2D(),
-        layers.Dense(3, activation="softmax"),
-    ], name="api_cnn")
+    return tiny_classifier(SIZE, "api_cnn")
 
 
 @pytest.fixture(scope="module")
 def films():
-    cases = [synthetic.generate(i, size=SIZE) for i in range(12)]
-    return np.stack([case.image for case in cases]), [case.label for case in cases]
+    return synthetic_films(12, SIZE)
 
 
 def test_readme_example_runs_as_written(tracking_store, tmp_path):

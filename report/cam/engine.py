@@ -207,6 +207,19 @@ class ScoreCAM(CAMEngine):
 METHODS = {m.method: m for m in (GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM)}
 
 
+def share_cores_with_workers() -> bool:
+    """Run one TensorFlow op at a time, each on every core, so that the worker threads that
+    decode and encode beside the engine are not crowded out by a second pool of TensorFlow
+    threads (by default TensorFlow keeps one inter-op and one intra-op thread per core, both
+    spinning while they wait). Only possible before TensorFlow's runtime starts: returns
+    False, leaving the pools as they are, once a model has been built in this process."""
+    try:
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        return False
+    return True
+
+
 def make_engine(method: str, model: keras.Model, layer: str | None = "auto",
                 score: str = "logit", input_shape=None) -> CAMEngine:
     if method not in METHODS:

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
 from report.data.records import LoadedImage, Record, Skipped, UnreadableImage
 from report.data.source import ImageSource
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -28,8 +34,13 @@ def iter_batches(
     image_size: tuple[int, int],
     batch_size: int,
     skipped: list[Skipped],
+    pool: Executor | None = None,
+    window: int = 64,
 ) -> Iterator[Batch]:
     """Unreadable images go to `skipped` with their reason; batches hold only readable ones.
+
+    With a `pool`, images are decoded in its threads, at most `window` ahead of the consumer,
+    and still come out in record order: the batches are the same whatever the pool.
 
     A file with the same bytes as an earlier one is skipped too ("duplicate of <first>"):
     the digest is computed anyway, and a duplicate would count twice in every metric.
@@ -40,9 +51,11 @@ def iter_batches(
     dedupe = not source.keeps_duplicates
     pending_records: list[Record] = []
     pending_images: list[LoadedImage] = []
-    for record in records:
+    loaded = ordered_map(lambda record: _load(source, record, image_size), records, pool, window)
+    for record, image in zip(records, loaded, strict=True):
         try:
-            image = source.load(record, image_size)
+            if isinstance(image, UnreadableImage):
+                raise image
             if dedupe:
                 _check_duplicate(record, image, first_by_digest)
         except UnreadableImage as error:
@@ -57,6 +70,30 @@ def iter_batches(
             pending_records, pending_images = [], []
     if pending_records:
         yield Batch(pending_records, pending_images)
+
+
+def _load(source: ImageSource, record: Record, image_size) -> LoadedImage | UnreadableImage:
+    """The image, or why it cannot be read (returned, not raised, across the thread)."""
+    try:
+        return source.load(record, image_size)
+    except UnreadableImage as error:
+        return error
+
+
+def ordered_map(function: Callable[[T], R], items: Iterable[T], pool: Executor | None,
+                window: int) -> Iterator[R]:
+    """`map(function, items)`, run in `pool` with at most `window` calls in flight (so memory
+    stays bounded however many items there are), yielding results in the items' order."""
+    if pool is None:
+        yield from map(function, items)
+        return
+    in_flight: deque[Future] = deque()
+    for item in items:
+        in_flight.append(pool.submit(function, item))
+        if len(in_flight) >= window:
+            yield in_flight.popleft().result()
+    while in_flight:
+        yield in_flight.popleft().result()
 
 
 def _check_duplicate(record: Record, image: LoadedImage, first_by_digest: dict[str, str]):
