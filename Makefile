@@ -12,7 +12,7 @@ TRACKING_URI := $(or $(MLFLOW_TRACKING_URI),$(STORE))
 RUN_ENV := PATH="$(CURDIR)/$(VENV)/bin:$$PATH" MLFLOW_TRACKING_URI="$(TRACKING_URI)" \
 	MLFLOW_EXPERIMENT_NAME="$${MLFLOW_EXPERIMENT_NAME:-cxr-gradcam-report}" TF_CPP_MIN_LOG_LEVEL=2
 
-.PHONY: help demo test ui lint bench bench-compare clean
+.PHONY: help demo test ui lint bench bench-e2e bench-compare clean
 
 help:
 	@echo "make demo   set up .venv, train and register a demo model, write a report"
@@ -20,6 +20,7 @@ help:
 	@echo "make ui     open the MLflow UI on the project's store (http://127.0.0.1:5000)"
 	@echo "make bench  images per second: this engine vs model.predict and the tutorial's way"
 	@echo "make bench-compare  the same, with tf-keras-vis and xplique in their own venv"
+	@echo "make bench-e2e  a whole report run vs decoding + model.predict and the tutorial"
 	@echo "make lint   ruff check"
 
 $(STAMP): pyproject.toml
@@ -42,6 +43,11 @@ ui: $(STAMP)
 
 bench: $(STAMP)
 	$(RUN_ENV) $(PYTHON) -m report bench
+
+# The whole report pass against decoding + model.predict, on generated films (README, "Speed").
+bench-e2e: $(STAMP)
+	$(RUN_ENV) $(PYTHON) -m report bench --end-to-end films:600x237 --json reports/bench-600.json
+	$(RUN_ENV) $(PYTHON) -m report bench --end-to-end films:200x1024 --json reports/bench-1024.json
 
 # tf-keras-vis and xplique pin TensorFlow 2.20 and tf_keras, so they get their own venv with
 # the project's other pins (read from pyproject.toml; xplique caps scikit-learn) on PYTHONPATH.

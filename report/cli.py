@@ -98,6 +98,13 @@ def _bench(values: dict) -> int:
 
     from report.bench import BenchSettings, run_bench
 
+    if values["end_to_end"]:
+        from report.bench_e2e import run_end_to_end
+
+        run_end_to_end(values["end_to_end"], values["model_uri"], values["batch_size"],
+                       values["sample"], Path(values["json"]).with_suffix(".e2e.json"))
+        return 0
+
     run_bench(BenchSettings(values["model_uri"], values["images"], values["batch_size"],
                             values["method"], Path(values["json"])))
     return 0

@@ -25,3 +25,23 @@ def test_bench_times_every_contender_and_writes_json(tracking_store, tmp_path, c
     assert result["memory"]["images"] == 96
     assert result["model"] == "untrained small-cnn"
     assert "engine / tutorial speed" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_end_to_end_bench_runs_every_stage_on_the_same_files(tracking_store, tmp_path,
+                                                              monkeypatch, capsys):
+    from report import bench_e2e
+
+    monkeypatch.setattr(bench_e2e, "FILMS_ROOT", tmp_path / "films")
+    out = tmp_path / "e2e.json"
+    result = bench_e2e.run_end_to_end("films:12x64", "models:/absent@champion", 4, 3, out)
+    assert json.loads(out.read_text()) == result
+    stages = result["stages"]
+    assert set(stages) == set(bench_e2e.STAGES)
+    assert stages["predict"]["images"] == stages["stream"]["images"] == 12
+    assert stages["tutorial"]["images"] == 3
+    assert all(s["seconds"] > 0 and s["peak_rss_mb"] > 100 for s in stages.values())
+    ratio = stages["stream"]["seconds"] / stages["predict"]["seconds"]
+    assert result["ratios"]["stream / (decode + predict)"] == pytest.approx(ratio)
+    assert len(list((tmp_path / "films").rglob("*.png"))) == 12
+    assert "peak RSS" in capsys.readouterr().out
