@@ -148,7 +148,7 @@ class QualityAccumulator:
 
     def _score_shortcuts(self, labels, images, maps, random) -> list[list[str]]:
         lungs = np.stack([self._lungs_of(image) for image in images])
-        border = np.broadcast_to(self._border, maps.shape)
+        border = self._border  # one (H, W) band for every map
         maps, random = measures.salient_part(maps), measures.salient_part(random)
         outside = measures.energy_outside(maps, lungs)
         in_border = measures.energy_inside(maps, border)
@@ -185,11 +185,12 @@ class QualityAccumulator:
 
     def _add_to_means(self, labels, predicted, maps) -> None:
         shown = per_image(maps)
-        for i, label in enumerate(labels):
-            for kind, index in (("true", label), ("predicted", int(predicted[i]))):
-                if index is not None:
-                    self._sums[kind][index] += shown[i]
-                    self._counts[kind][index] += 1
+        true = np.array([-1 if label is None else label for label in labels])
+        for kind, classes in (("true", true), ("predicted", np.asarray(predicted))):
+            for index in np.unique(classes[classes >= 0]):
+                chosen = classes == index
+                self._sums[kind][index] += shown[chosen].sum(axis=0, dtype=np.float64)
+                self._counts[kind][index] += int(chosen.sum())
 
     def _keep_sample(self, labels, predicted, model_inputs, maps) -> None:
         room = self.plan.faithfulness_images - len(self._sample["classes"])

@@ -17,6 +17,7 @@ import io
 import math
 import textwrap
 
+import cv2
 import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -283,6 +284,7 @@ def mean_heatmaps_svg(
     for key, value in arrays.items():
         if value.ndim != 2:
             raise ValueError(f"map {key!r} must be (H, W), got shape {value.shape}")
+    arrays = {key: _shrunk(value) for key, value in arrays.items()}
     finite = [value[np.isfinite(value)] for value in arrays.values()]
     vmin = min([0.0] + [float(v.min()) for v in finite if v.size])
     vmax = max([vmin] + [float(v.max()) for v in finite if v.size])
@@ -323,6 +325,19 @@ def mean_heatmaps_svg(
         colorbar.outline.set_visible(False)
         figure.suptitle(_plain(title), fontsize=9.5)
     return _figure_to_svg(figure)
+
+
+# Mean-map panels are about an inch wide: a larger raster only costs drawing time and bytes.
+_PANEL_PIXELS = 128
+
+
+def _shrunk(value: np.ndarray) -> np.ndarray:
+    """Area-averaged down to at most _PANEL_PIXELS on the longer side (NaN-free maps)."""
+    scale = _PANEL_PIXELS / max(value.shape)
+    if scale >= 1 or not np.isfinite(value).all():
+        return value
+    size = (max(1, round(value.shape[1] * scale)), max(1, round(value.shape[0] * scale)))
+    return cv2.resize(value, size, interpolation=cv2.INTER_AREA)
 
 
 def _new_figure(width: float, height: float) -> Figure:

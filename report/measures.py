@@ -206,9 +206,14 @@ def energy_inside(maps, masks) -> np.ndarray:
     1.0 means the map highlights nothing outside it, the region's area fraction is what a
     uniform map gets. nan for a map that is zero everywhere (no energy to share).
     """
+    shared = np.ndim(masks) == 2
     maps, masks = _maps_and_masks(maps, masks)
-    total = maps.sum(axis=(1, 2), dtype=np.float64)
-    inside = np.where(masks, maps, 0).sum(axis=(1, 2), dtype=np.float64)
+    flat = maps.reshape(len(maps), -1)
+    total = flat.sum(axis=1, dtype=np.float64)
+    if shared:  # one region for every map: a matrix-vector product, no (B, H, W) temporary
+        inside = (flat @ masks[0].reshape(-1).astype(flat.dtype)).astype(np.float64)
+    else:
+        inside = np.einsum("bi,bi->b", flat, masks.reshape(len(maps), -1), dtype=np.float64)
     return np.where(total > 0, inside / np.where(total > 0, total, 1.0), np.nan)
 
 
@@ -422,6 +427,8 @@ def salient_part(maps: np.ndarray, fraction: float = 0.5) -> np.ndarray:
     upsampled to 237 px spreads some mass everywhere); the salient part is where the map
     actually points, so a marker in a corner shows up plainly instead of as a few percent.
     """
-    maps = np.asarray(maps, dtype=np.float64)
+    maps = np.asarray(maps)
+    if not np.issubdtype(maps.dtype, np.floating):
+        maps = maps.astype(np.float64)
     peaks = maps.max(axis=(-2, -1), keepdims=True)
-    return np.where((maps >= fraction * peaks) & (peaks > 0), maps, 0.0)
+    return np.where((maps >= fraction * peaks) & (peaks > 0), maps, maps.dtype.type(0))
