@@ -34,10 +34,10 @@ def read_image_file(
     """One file at the model's size, with a lesion mask drawn from `boxes` (in the
     original image's pixels) where the data set has them."""
     data = read_bytes(path)
-    rgb = decode_image(data, path.suffix)
-    lesion = None if boxes is None else boxes_mask(boxes, rgb.shape[:2], image_size)
+    pixels = decode_pixels(data, path.suffix)
+    lesion = None if boxes is None else boxes_mask(boxes, pixels.shape[:2], image_size)
     return LoadedImage(
-        pixels=resize(rgb, image_size),
+        pixels=as_rgb(resize(pixels, image_size)),
         digest=hashlib.sha256(data).hexdigest(),
         lesion_mask=lesion,
     )
@@ -57,6 +57,16 @@ def read_bytes(path: Path) -> bytes:
 
 def decode_image(data: bytes, suffix: str = "") -> np.ndarray:
     """Bytes -> uint8 (H, W, 3) RGB at the file's own size."""
+    return as_rgb(decode_pixels(data, suffix))
+
+
+def as_rgb(pixels: np.ndarray) -> np.ndarray:
+    return gray_to_rgb(pixels) if pixels.ndim == 2 else pixels
+
+
+def decode_pixels(data: bytes, suffix: str = "") -> np.ndarray:
+    """Bytes -> uint8 (H, W) grey or (H, W, 3) RGB at the file's own size. Grey films stay
+    one channel until they are resized: a third of the work on a 1024 px film."""
     if is_dicom(data, suffix):
         return _decode_dicom(data)
     try:
@@ -75,7 +85,7 @@ def decode_image(data: bytes, suffix: str = "") -> np.ndarray:
         raise UnreadableImage(f"truncated or corrupt image: {error}") from error
     check_size(*image.size)
     try:
-        return to_rgb(ImageOps.exif_transpose(image))
+        return to_pixels(ImageOps.exif_transpose(image))
     except Exception as error:  # a truncated or corrupt file can fail in many ways
         raise UnreadableImage(f"truncated or corrupt image: {error}") from error
 
@@ -103,11 +113,14 @@ def check_size(width: int, height: int) -> None:
         )
 
 
-def to_rgb(image: Image.Image) -> np.ndarray:
-    """Any PIL mode -> uint8 RGB. Alpha is dropped, not composited: on an X-ray, blending
-    onto black or white would invent density where the film has none."""
+def to_pixels(image: Image.Image) -> np.ndarray:
+    """Any PIL mode -> uint8 grey (H, W) for grey modes, else RGB (H, W, 3). Alpha is
+    dropped, not composited: on an X-ray, blending onto black or white would invent density
+    where the film has none."""
     if image.mode.startswith("I") or image.mode == "F":
-        return gray_to_rgb(scale_to_uint8(np.asarray(image)))
+        return scale_to_uint8(np.asarray(image))
+    if image.mode == "L":
+        return np.asarray(image, dtype=np.uint8).copy()
     if image.mode in ("P", "PA"):
         # Palette images may carry transparency; going through RGBA keeps PIL from warning.
         image = image.convert("RGBA")
