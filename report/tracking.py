@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
 from pathlib import Path
 
@@ -13,6 +14,8 @@ import mlflow
 import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
 
@@ -140,8 +143,29 @@ def training_callback():
     return mlflow.keras.MlflowCallback(log_every_epoch=True)
 
 
+UPLOAD_THREADS = 8
+
+
 def log_artifacts(folder: Path, artifact_path: str | None = None) -> None:
-    mlflow.log_artifacts(str(folder), artifact_path)
+    """A folder into the active run. MLflow uploads a folder to a remote store (a proxied
+    `mlflow server --serve-artifacts`, S3, ...) one file after another, one request each, and
+    a report has one overlay per image: those uploads go out UPLOAD_THREADS at a time."""
+    run = mlflow.active_run()
+    repository = get_artifact_repository(run.info.artifact_uri)
+    if isinstance(repository, LocalArtifactRepository):
+        mlflow.log_artifacts(str(folder), artifact_path)  # a local copy: nothing to overlap
+        return
+    uploads = [(path, _artifact_dir(path.parent.relative_to(folder), artifact_path))
+               for path in sorted(Path(folder).rglob("*")) if path.is_file()]
+    with ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="cxr-upload") as pool:
+        for done in [pool.submit(repository.log_artifact, str(path), where)
+                     for path, where in uploads]:
+            done.result()  # the first failure is raised, as the serial upload would
+
+
+def _artifact_dir(relative: Path, artifact_path: str | None) -> str | None:
+    parts = [part for part in (artifact_path, relative.as_posix()) if part and part != "."]
+    return "/".join(parts) or None
 
 
 def log_artifact(path: Path, artifact_path: str | None = None) -> None:
