@@ -38,12 +38,18 @@ def audit(model, data, **keywords):
     temporary folder that lives as long as the Audit. Raises a ValueError subclass naming the
     keyword for a bad value.
     """
-    values = options.resolve("explain", keywords, only=_AUDIT_KEYWORDS)
-    from report import core
+    values = options.resolve("explain", keywords, only=AUDIT_KEYWORDS)
     from report.cam.engine import share_cores_with_workers
 
     share_cores_with_workers()  # only takes effect before TensorFlow's runtime has started
-    loaded = _loaded_model(model, values)
+    return audit_loaded(_loaded_model(model, values), data, values)
+
+
+def audit_loaded(loaded, data, values: dict):
+    """`audit` for callers that already hold a `model.LoadedModel` with its metadata (the
+    MLflow evaluator); `values` are checked options (`options.resolve`)."""
+    from report import core
+
     source, data_label = _source(data, loaded.metadata.class_names, values)
     if values["output_dir"] is None:
         workspace = tempfile.TemporaryDirectory(prefix="cxr-audit-")
@@ -57,7 +63,7 @@ def audit(model, data, **keywords):
 
 def _new_folder(output_dir: Path) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    folder = output_dir / f"audit-{stamp}-{uuid.uuid4().hex[:6]}"
+    folder = output_dir.resolve() / f"audit-{stamp}-{uuid.uuid4().hex[:6]}"
     try:
         folder.mkdir(parents=True)
     except OSError as error:
@@ -91,7 +97,7 @@ def explain(model, images, classes=None, **keywords):
 
 
 # The model and the data are positional; `explain` takes only the engine's options.
-_AUDIT_KEYWORDS = tuple(o.name for o in options.EXPLAIN if o.name not in ("model_uri", "data"))
+AUDIT_KEYWORDS = tuple(o.name for o in options.EXPLAIN if o.name not in ("model_uri", "data"))
 _EXPLAIN_KEYWORDS = ("method", "layer", "score", "class_names", "unsafe_deserialization")
 
 
@@ -109,6 +115,7 @@ def _loaded_model(model, values):
                           "model URI or a local MLflow model folder")
     from report import tracking
 
+    tracking.configure_store()  # a registry URI means the project's store in a checkout
     return tracking.load_model(str(model), values["unsafe_deserialization"],
                                values["class_names"])
 
@@ -117,14 +124,14 @@ def _source(data, class_names, values):
     from report.data import load_label_map, open_source
 
     label_map = load_label_map(values["label_map"]) if values["label_map"] else None
-    if isinstance(data, tuple):
-        label = f"in-memory arrays ({len(data[0]) if len(data) else 0} images)"
-    elif isinstance(data, str | os.PathLike):
-        label = str(data)
-    else:
+    if not isinstance(data, tuple | str | os.PathLike):
         raise OptionError("data", f"got a {type(data).__name__}; pass a data spec, a folder "
                           "or a tuple (images, labels)")
-    return open_source(data, class_names, values["split"], label_map), label
+    source = open_source(data, class_names, values["split"], label_map)
+    if isinstance(data, tuple):
+        found = len(source.records) + len(source.skipped)
+        return source, f"in-memory arrays ({found} images)"
+    return source, str(data)
 
 
 def _pixel_batch(images, metadata) -> np.ndarray:
@@ -167,8 +174,8 @@ def _keyword_help(names: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
-audit.__signature__ = _signature(_positional("model", "data"), _AUDIT_KEYWORDS)
-audit.__doc__ += _keyword_help(_AUDIT_KEYWORDS)
+audit.__signature__ = _signature(_positional("model", "data"), AUDIT_KEYWORDS)
+audit.__doc__ += _keyword_help(AUDIT_KEYWORDS)
 explain.__signature__ = _signature(_positional("model", "images") + [
     inspect.Parameter("classes", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)],
     _EXPLAIN_KEYWORDS)

@@ -117,3 +117,13 @@ class CamMaps(Mapping):
 
     def __len__(self) -> int:
         return len(self._where)
+
+    def close(self) -> None:
+        for archive in self._archives:
+            archive.close()
+
+    def __enter__(self) -> CamMaps:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -227,7 +227,7 @@ def _memory_growth(engine, metadata, batch_size: int, batches: int = 24) -> dict
     overlays drawn and encoded as in a report run. Growth after the first batches (warm-up)
     would mean something is kept per image."""
     from report.cam.normalise import per_image
-    from report.cam.overlay import encode_png, make_overlay
+    from report.cam.overlay import encode, make_overlay
     from report.streaming import preprocess
 
     resident = []
@@ -235,7 +235,7 @@ def _memory_growth(engine, metadata, batch_size: int, batches: int = 24) -> dict
         pixels = _synthetic_images(b * batch_size, batch_size, metadata)
         explanation = engine.explain(preprocess(pixels, metadata))
         for image, heatmap in zip(pixels, per_image(explanation.maps), strict=True):
-            encode_png(make_overlay(image, heatmap, "X: 1%"))
+            encode(make_overlay(image, heatmap, "X: 1%"))
         resident.append(_rss_mb())
     settled = resident[2:]
     return {

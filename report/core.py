@@ -33,7 +33,7 @@ def run_audit(loaded: LoadedModel, source, values: Mapping, artifacts_dir: Path,
     records = source.records[: values["limit"]] if values["limit"] else source.records
     if not records:
         raise UserError(f"data: no images to explain in '{data_label}' ({values['split']} "
-                        "split); pass another --data or --split")
+                        "split); choose other data or another split")
     layer = values["layer"] if values["layer"] != "auto" else (metadata.target_layer or "auto")
     engine = make_engine(values["method"], loaded.model, layer, values["score"],
                          (*metadata.image_size, metadata.channels))
@@ -148,8 +148,9 @@ def _settings_table(values: Mapping, engine, source) -> dict[str, str]:
     return ordered
 
 
-# Options that describe where files go rather than what was computed are not run params.
-_NOT_PARAMS = ("output_dir", "class_names")
+# Options that describe where files go or how the work was spread, not what was computed,
+# are not run params (class_names is logged below when it was given).
+_NOT_PARAMS = ("output_dir", "class_names", "workers")
 
 
 def _params(loaded, source, values, engine, fingerprint: str, data_label: str) -> dict:

@@ -65,17 +65,15 @@ class CxrGradcamEvaluator(ModelEvaluator):
 
     def evaluate(self, *, model_type, dataset, run_id, evaluator_config, model=None, **kwargs):
         import report
-        from report.model import ModelMetadata
+        from report import api, options
 
-        options = audit_options(evaluator_config, report.audit)
-        keras_model, info = keras_model_of(model), model.metadata
-        image_size = ModelMetadata.from_mlflow(info.metadata, keras_model).image_size
-        images = images_from_features(dataset.features_data, image_size)
-        source = logged_location(info)
-        if source is None:  # saved to a folder, never logged: audit the model in memory
-            source = keras_model
-            options.setdefault("class_names", (info.metadata or {}).get("class_names"))
-        audit = report.audit(source, (images, dataset.labels_data), **options)
+        checked = audit_options(evaluator_config, report.audit)
+        # The evaluation run holds the artifacts; a local copy would only pile up.
+        values = options.resolve("explain", {"output_dir": None, **checked},
+                                 only=api.AUDIT_KEYWORDS)
+        loaded = loaded_model(model, values["class_names"])
+        images = images_from_features(dataset.features_data, loaded.metadata.image_size)
+        audit = api.audit_loaded(loaded, (images, dataset.labels_data), values)
         audit.log_to_mlflow(run_id)
         return EvaluationResult(metrics=dict(audit.metrics),
                                 artifacts=report_artifacts(run_id, audit), run_id=run_id)
@@ -104,12 +102,30 @@ def keras_model_of(model):
     return raw
 
 
-def logged_location(info: Model) -> str | None:
-    """Where the audit can load the model again and read its metadata (class names,
-    preprocessing, target layer) itself, as it does for the CLI; None when unknown."""
+def loaded_model(model, class_names: list[str] | None):
+    """The Keras model MLflow already loaded, with the whole report metadata of its MLmodel
+    (class names, preprocessing, target layer), so nothing is loaded twice."""
+    from report.model import LoadedModel, ModelMetadata
+
+    keras_model, info = keras_model_of(model), model.metadata
+    metadata = dict(info.metadata or {})
+    if class_names:
+        metadata["class_names"] = list(class_names)
+    return LoadedModel(
+        model=keras_model,
+        metadata=ModelMetadata.from_mlflow(metadata, keras_model),
+        name=keras_model.name,
+        version="",
+        source=logged_location(info),
+        uri=logged_location(info),
+    )
+
+
+def logged_location(info: Model) -> str:
+    """The model as MLflow names it: its logged-model URI where it has one."""
     if info.model_id:  # an MLflow 3 logged model, registered or not
         return f"models:/{info.model_id}"
-    return None
+    return info.artifact_path or "the model given to mlflow.models.evaluate"
 
 
 def images_from_features(features, image_size: tuple[int, int]):

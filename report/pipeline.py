@@ -18,7 +18,7 @@ from report.data import SYNTHETIC_NAMES, detect_layouts, load_label_map, open_so
 from report.data.batches import iter_batches
 from report.data.records import Skipped
 from report.data.synthetic import CLASS_NAMES
-from report.errors import UserError
+from report.errors import OptionError, UserError
 from report.model import ModelMetadata, build_classifier, compile_classifier
 from report.streaming import preprocess
 
@@ -132,6 +132,7 @@ def explain(values: dict) -> ReportRun:
     The run exists before the work starts, so a failure marks it FAILED with an `error` tag
     and keeps the artifacts made so far."""
     values = options.resolve("explain", values)
+    report_root = _writable_folder(values["output_dir"])  # before any work, not after it
     tracking.configure_store()
     share_cores_with_workers()  # before the model load starts TensorFlow's runtime
     loaded = tracking.load_model(values["model_uri"], values["unsafe_deserialization"],
@@ -147,7 +148,7 @@ def explain(values: dict) -> ReportRun:
         try:
             audit = core.run_audit(loaded, source, values, Path(staging), values["data"])
             run_id = run.info.run_id
-            files = sinks.write_report(audit, Path(values["output_dir"]) / run_id, run_id)
+            files = sinks.write_report(audit, report_root / run_id, run_id)
             sinks.log_audit(audit, run_id, files)
         except BaseException as error:  # Ctrl-C too: the run says why and keeps what exists
             # Best effort: a store that is itself the problem must not hide the first error.
@@ -166,3 +167,15 @@ def explain(values: dict) -> ReportRun:
         html=files[0].resolve(),
         pdf=files[1].resolve(),
     )
+
+
+def _writable_folder(output_dir: str | None) -> Path:
+    if output_dir is None:
+        raise OptionError("--output-dir", "needs a folder for the report's local copy")
+    folder = Path(output_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OptionError("--output-dir", f"cannot create {folder}: {error.strerror}; pass a "
+                          "writable folder") from error
+    return folder

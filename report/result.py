@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -55,9 +56,10 @@ class Audit:
         table["correct"] = table["correct"].map({"true": True, "false": False, "": None})
         return table
 
-    @property
+    @cached_property
     def maps(self) -> CamMaps:
-        """Raw maps (float32, feature-map resolution, before the colormap) by image id."""
+        """Raw maps (float32, feature-map resolution, before the colormap) by image id, read
+        from the archive when asked for."""
         return CamMaps(self.artifacts_dir / "cams")
 
     def to_html(self, path) -> Path:
@@ -74,7 +76,8 @@ class Audit:
 
     def log_to_mlflow(self, run_id: str | None = None) -> str:
         """Log params, metrics, artifacts, figures and the report into a run: `run_id`, else
-        the active run, else a new run in the current experiment. Returns the run id."""
+        the active run, else a new run in the experiment named by MLFLOW_EXPERIMENT_NAME
+        (default cxr-gradcam-report). Returns the run id."""
         from report import sinks
 
         return sinks.log_audit(self, run_id)

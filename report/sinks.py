@@ -43,8 +43,8 @@ def log_audit(audit: Audit, run_id: str | None = None,
     description, into `run_id` (else the active run, else a new one). `report_files` are
     already rendered copies for this run; without them they are rendered here."""
     run_name = f"report-{audit.context.model_name}"
-    if run_id is None and not tracking.active_run_id():
-        tracking.configure_store()  # a new run: the project's store in a checkout, as the CLI
+    if not tracking.active_run_id():
+        tracking.configure_store()  # the project's store in a checkout, as the CLI uses
     with tracking.run_for(run_id, run_name) as run, \
             tempfile.TemporaryDirectory(prefix="cxr-report-") as scratch:
         logged_id = run.info.run_id

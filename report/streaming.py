@@ -14,6 +14,7 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -26,7 +27,7 @@ from report.cam.normalise import by_scale, per_image
 from report.cam.overlay import OVERLAY_FORMATS, encode, label_text, make_overlay
 from report.checks import QualityAccumulator, QualityPlan
 from report.data.batches import Batch, iter_batches
-from report.data.folder import safe_id
+from report.data.ids import safe_id
 from report.data.records import Skipped
 from report.model import ModelMetadata
 
@@ -136,7 +137,7 @@ class Explainer:
                                           metadata.class_names, metadata.image_size)
         self.quality_seconds = 0.0
         self.explained: list = []  # records, for the data accounting
-        self.workers = settings["workers"] or os.cpu_count() or 1
+        self.workers = settings["workers"] or len(os.sched_getaffinity(0)) or 1
         self._drawn: deque[_Drawn] = deque()
         self._suffix, self._media_type = OVERLAY_FORMATS[settings["overlay_format"]]
         # Enough work queued to keep every worker busy while the engine runs, and no more.
@@ -159,9 +160,10 @@ class Explainer:
 
     def run(self, source, records, writer: ArtifactWriter) -> list[Skipped]:
         skipped: list[Skipped] = []
+        spill = self.settings["normalize"] == "global"  # films kept for the second pass
         with (
             ThreadPoolExecutor(self.workers, thread_name_prefix="cxr-worker") as pool,
-            tempfile.TemporaryFile(prefix="cxr-films-") as films,
+            tempfile.TemporaryFile(prefix="cxr-films-") if spill else nullcontext() as films,
         ):
             batches = iter_batches(source, records, self.metadata.image_size,
                                    self.settings["batch_size"], skipped, pool=pool,
@@ -232,6 +234,8 @@ class Explainer:
 
     def _draw_globally_normalised(self, writer: ArtifactWriter, pool, films) -> None:
         """The second pass: films from the spill file, maps upsampled a batch at a time."""
+        if not self._pending:  # every image was skipped: nothing to draw
+            return
         films.flush()
         height, width = self.metadata.image_size
         stored = np.memmap(films, np.uint8, mode="r", shape=(len(self._pending), height,

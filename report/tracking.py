@@ -103,6 +103,9 @@ def run_for(run_id: str | None, run_name: str):
     if active is not None and run_id in (None, active.info.run_id):
         yield active
         return
+    if active is not None:
+        raise UserError(f"run_id: run {active.info.run_id} is active in this process; log "
+                        f"into it (run_id=None) or end it before logging into {run_id}")
     if run_id is not None:
         with mlflow.start_run(run_id=run_id) as run:
             yield run
@@ -307,7 +310,7 @@ def _load_keras(local: str, model_uri: str, unsafe_deserialization: bool):
         raise UserError(
             f"model '{model_uri}' contains serialized Python code (a Lambda layer), which could "
             "run anything on this machine; refused. If you trust its author, pass "
-            "--unsafe-deserialization"
+            "--unsafe-deserialization (unsafe_deserialization=True in Python)"
         ) from error
     if not isinstance(model, keras.Model):
         raise UserError(f"'{model_uri}' is not a Keras model; log it with mlflow.keras")

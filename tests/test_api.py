@@ -48,10 +48,13 @@ def test_readme_example_runs_as_written(tracking_store, tmp_path):
 
 def test_audit_creates_no_run_and_its_metrics_are_the_logged_names(tracking_store, model, films,
                                                                    tmp_path):
-    audit = report.audit(model, films, class_names=CLASSES, quality="off", output_dir=None)
+    audit = report.audit(model, films, class_names=CLASSES, quality="off")
     assert mlflow.search_runs(experiment_names=["tests"], output_format="list") == []
     assert mlflow.active_run() is None
-    assert not (tmp_path / "reports").exists()
+    # The files went to the default output_dir, ./reports, under a folder of their own.
+    assert audit.artifacts_dir.parent == tmp_path / "reports"
+    assert (audit.artifacts_dir / "predictions.csv").is_file()
+    assert not (tmp_path / "mlruns").exists()
 
     run_id = audit.log_to_mlflow()
     logged = MlflowClient().get_run(run_id).data
@@ -134,3 +137,26 @@ def test_bad_model_and_data_arguments_name_themselves(model):
         report.audit("no-such-folder", "synthetic")
     with pytest.raises(ValueError, match="^images: 20x20 pixels"):
         report.explain(model, np.zeros((1, 20, 20), np.uint8), class_names=CLASSES)
+
+
+def test_logging_into_another_run_while_one_is_active_is_a_user_error(tracking_store, model,
+                                                                      films):
+    audit = report.audit(model, films, class_names=CLASSES, quality="off", output_dir=None)
+    other = mlflow.MlflowClient().create_run(
+        mlflow.get_experiment_by_name("tests").experiment_id).info.run_id
+    with mlflow.start_run() as active, pytest.raises(report.UserError, match="^run_id: run"):
+        audit.log_to_mlflow(other)
+    assert audit.log_to_mlflow(other) == other  # once nothing else is active
+    assert MlflowClient().get_run(other).data.metrics["images_explained"] == 12
+    assert active.info.run_id != other
+
+
+def test_global_normalisation_with_every_image_unreadable_still_reports(model, tmp_path):
+    for name in ("NORMAL", "COVID-19"):
+        (tmp_path / "films" / name).mkdir(parents=True)
+        (tmp_path / "films" / name / "broken.png").write_bytes(b"not a png")
+    audit = report.audit(model, tmp_path / "films", class_names=CLASSES, split="all",
+                         normalize="global", quality="off", output_dir=None)
+    assert audit.metrics["images_explained"] == 0
+    assert audit.metrics["images_skipped"] == 2
+    assert list(audit.predictions["flags"]) == ["unreadable: not a decodable PNG/JPEG image"] * 2

@@ -24,3 +24,22 @@ def test_writer_streams_overlays_maps_and_rows(tmp_path):
     assert rows[0]["flags"] == "misclassified" and rows[1]["flags"] == ""
     assert rows[3]["flags"] == "unreadable: empty file" and rows[3]["predicted_label"] == ""
     assert rows[1]["prob_B"] == "0.750000"
+
+
+def test_cam_maps_read_one_archive_or_its_shards_alike(tmp_path):
+    from report.artifacts import CamMaps
+
+    maps = {f"img{i}": np.full((3, 3), i, np.float32) for i in range(5)}
+    whole, shards = tmp_path / "whole" / "cams", tmp_path / "shards" / "cams"
+    whole.mkdir(parents=True)
+    shards.mkdir(parents=True)
+    np.savez(whole / "cams.npz", _layer=np.array("conv"), **maps)
+    np.savez(shards / "part-00000.npz", _layer=np.array("conv"),
+             **{k: maps[k] for k in ("img0", "img1")})
+    np.savez(shards / "part-00001.npz", _layer=np.array("conv"),
+             **{k: maps[k] for k in ("img2", "img3", "img4")})
+    for folder in (whole, shards):
+        with CamMaps(folder) as read:
+            assert sorted(read) == sorted(maps) and read.layer == "conv"
+            for key, value in maps.items():
+                np.testing.assert_array_equal(read[key], value)

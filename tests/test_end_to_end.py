@@ -306,3 +306,14 @@ def test_a_run_killed_midway_can_be_run_again_to_a_complete_report(registered_st
     run = MlflowClient().get_run(run_id)
     assert run.info.status == "FINISHED"
     assert (tmp_path / "reports" / run_id / "report.pdf").stat().st_size > 0
+
+
+@pytest.mark.parametrize("output_dir", ["none", "a-file"])
+def test_an_unusable_output_dir_is_refused_before_any_work(registered_store, tmp_path,
+                                                           output_dir):
+    (tmp_path / "a-file").write_text("not a folder")
+    result = run_cli(["explain", "--model-uri", "models:/tiny-cxr@champion", "--data",
+                      "synthetic:15", "--output-dir", output_dir], registered_store, tmp_path,
+                     check=False)
+    assert_one_line_error(result, "--output-dir")
+    assert "Explaining" not in result.stderr

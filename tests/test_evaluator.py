@@ -110,3 +110,35 @@ def test_more_than_one_feature_column_asks_which_is_the_image():
     features = pd.DataFrame({"image": [np.zeros((4, 4))], "age": [40]})
     with pytest.raises(ValueError, match="feature_names"):
         images_from_features(features, (4, 4))
+
+
+def test_a_model_saved_to_a_folder_is_audited_with_its_own_preprocessing(tracking_store,
+                                                                         tmp_path):
+    """No logged-model id: the MLmodel's preprocessing (here unscaled pixels) still applies,
+    and nothing is left under ./reports (the evaluation run holds the files)."""
+    import keras
+    import mlflow
+
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([
+        keras.Input((SIZE, SIZE, 3)),
+        keras.layers.Conv2D(4, 3, activation="relu"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(len(CLASSES), activation="softmax"),
+    ])
+    folder = tmp_path / "saved"
+    mlflow.keras.save_model(model, str(folder), save_exported_model=False, metadata={
+        "class_names": CLASSES,
+        "preprocessing": {"image_size": [SIZE, SIZE], "color": "rgb", "scale": 1.0}})
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (6, SIZE, SIZE, 3), dtype=np.uint8)
+    data = pd.DataFrame({"image": list(images), "label": CLASSES * 2})
+    result = mlflow.models.evaluate(
+        str(folder), data, targets="label", model_type="classifier",
+        evaluators=["cxr-gradcam"], evaluator_config={"cxr-gradcam": {"quality": "off"}},
+    )
+    table = result.artifacts["predictions"].content
+    expected = model.predict(images.astype(np.float32), verbose=0)  # scale 1.0, not 1/255
+    probabilities = table[[f"prob_{c}" for c in CLASSES]].to_numpy(dtype=float)
+    np.testing.assert_allclose(probabilities, expected, atol=1e-5)
+    assert not (tmp_path / "reports").exists()

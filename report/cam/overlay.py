@@ -120,6 +120,3 @@ def encode(image: np.ndarray, overlay_format: str = "png") -> bytes:
         raise RuntimeError(f"OpenCV could not encode a {image.shape} overlay")
     return data.tobytes()
 
-
-def encode_png(image: np.ndarray) -> bytes:
-    return encode(image, "png")

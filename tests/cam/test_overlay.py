@@ -9,7 +9,7 @@ from report.cam.overlay import (
     blend,
     colorize,
     draw_label_bar,
-    encode_png,
+    encode,
     label_text,
     make_overlay,
 )
@@ -22,14 +22,18 @@ def test_colorize_follows_the_matplotlib_colormap(name):
     assert np.abs(colorize(heatmap, name).astype(int) - expected).max() <= 1
 
 
-def test_a_red_pixel_stays_red_through_overlay_and_png():
+@pytest.mark.parametrize("overlay_format, tolerance", [("png", 0), ("jpeg", 8)])
+def test_a_red_pixel_stays_red_through_overlay_and_encoding(overlay_format, tolerance):
+    """OpenCV encodes BGR: the channel order must be flipped on the way in, in both formats."""
     image = np.zeros((240, 240, 3), np.uint8)
     image[200:, :, 0] = 255  # red stripe at the bottom, clear of the label bar
     overlay = make_overlay(image, np.zeros((240, 240), np.float32), "X: 1%", alpha=0.0)
-    decoded = np.asarray(Image.open(io.BytesIO(encode_png(overlay))).convert("RGB"))
+    encoded = encode(overlay, overlay_format)
+    decoded = np.asarray(Image.open(io.BytesIO(encoded)).convert("RGB")).astype(int)
+    assert Image.open(io.BytesIO(encoded)).format == overlay_format.upper()
     bar = decoded.shape[0] - 240
-    assert decoded[bar + 220, 20].tolist() == [255, 0, 0]
-    assert decoded[bar + 100, 20].tolist() == [0, 0, 0]
+    assert np.abs(decoded[bar + 220, 20] - [255, 0, 0]).max() <= tolerance
+    assert np.abs(decoded[bar + 100, 20] - [0, 0, 0]).max() <= tolerance
 
 
 def test_blend_mixes_image_and_colored_map_by_alpha():

@@ -60,8 +60,15 @@ def test_every_registered_source_has_a_way_here_to_reach_it():
     assert SYNTHETIC_NAMES == ("synthetic", "synthetic-confounded")
 
 
-def test_registry_keys_are_the_classes_own_names():
-    assert all(source.name == name for name, source in SOURCES.items())
+def test_every_named_source_class_is_registered_once():
+    def subclasses(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+
+    named = [cls for cls in subclasses(ImageSource)
+             if cls.name and cls is not MemorySource and cls.__module__.startswith("report.")]
+    assert sorted(cls.name for cls in named) == sorted(SOURCES)  # none missing, none twice
 
 
 @pytest.mark.parametrize("source", [*SOURCES.values(), MemorySource], ids=lambda s: s.__name__)
