@@ -88,9 +88,8 @@ def explain(model, images, classes=None, **keywords):
     loaded = _loaded_model(model, values)
     metadata = loaded.metadata
     pixels = _pixel_batch(images, metadata)
-    layer = values["layer"] if values["layer"] != "auto" else (metadata.target_layer or "auto")
-    engine = make_engine(values["method"], loaded.model, layer, values["score"],
-                         (*metadata.image_size, metadata.channels))
+    engine = make_engine(values["method"], loaded.model, metadata.layer_for(values["layer"]),
+                         values["score"], (*metadata.image_size, metadata.channels))
     if classes is not None:
         classes = np.asarray(classes, dtype=np.int32)
     return engine.explain(preprocess(pixels, metadata), classes)

@@ -34,9 +34,8 @@ def run_audit(loaded: LoadedModel, source, values: Mapping, artifacts_dir: Path,
     if not records:
         raise UserError(f"data: no images to explain in '{data_label}' ({values['split']} "
                         "split); choose other data or another split")
-    layer = values["layer"] if values["layer"] != "auto" else (metadata.target_layer or "auto")
-    engine = make_engine(values["method"], loaded.model, layer, values["score"],
-                         (*metadata.image_size, metadata.channels))
+    engine = make_engine(values["method"], loaded.model, metadata.layer_for(values["layer"]),
+                         values["score"], (*metadata.image_size, metadata.channels))
     started = time.perf_counter()
     explainer = Explainer(values, metadata, engine)
     with ArtifactWriter(Path(artifacts_dir), metadata.class_names, engine.target.name,

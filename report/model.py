@@ -35,6 +35,10 @@ class ModelMetadata:
     def channels(self) -> int:
         return 3 if self.color == "rgb" else 1
 
+    def layer_for(self, requested: str) -> str:
+        """The layer to explain: the one asked for, else the metadata's, else "auto"."""
+        return requested if requested != "auto" else (self.target_layer or "auto")
+
     def to_mlflow(self) -> dict:
         """The `metadata` block written into the MLmodel file."""
         metadata = {
