@@ -132,8 +132,8 @@ def explain(values: dict) -> ReportRun:
     The run exists before the work starts, so a failure marks it FAILED with an `error` tag
     and keeps the artifacts made so far."""
     values = options.resolve("explain", values)
+    tracking.configure_store()  # an unreachable server fails here, before anything is written
     report_root = _writable_folder(values["output_dir"])  # before any work, not after it
-    tracking.configure_store()
     share_cores_with_workers()  # before the model load starts TensorFlow's runtime
     loaded = tracking.load_model(values["model_uri"], values["unsafe_deserialization"],
                                  values["class_names"])
