@@ -54,16 +54,40 @@ class QualityPlan:
 
 @dataclass
 class MapScores:
-    """Per-image scores of the model's maps and of random maps, with the images' classes."""
+    """Per-image scores of the model's maps and of random maps, with the images' classes and
+    positions in the full record list (`add_images` first, then one `add` per score)."""
 
     labels: list[int] = field(default_factory=list)
     values: dict[str, list[float]] = field(default_factory=dict)
+    positions: list[int] = field(default_factory=list)
+
+    def add_images(self, positions, labels) -> None:
+        self.positions.extend(int(p) for p in positions)
+        self.labels.extend(labels)
 
     def add(self, name: str, numbers) -> None:
         self.values.setdefault(name, []).extend(float(v) for v in np.ravel(numbers))
 
     def array(self, name: str) -> np.ndarray:
         return np.asarray(self.values.get(name, []), dtype=float)
+
+    def in_position_order(self) -> MapScores:
+        order = sorted(range(len(self.positions)), key=self.positions.__getitem__)
+        return MapScores(
+            labels=[self.labels[i] for i in order],
+            values={name: [scores[i] for i in order] for name, scores in self.values.items()},
+            positions=[self.positions[i] for i in order],
+        )
+
+    def merge(self, other: MapScores) -> MapScores:
+        names = list(dict.fromkeys([*self.values, *other.values]))
+        joined = MapScores(
+            labels=self.labels + other.labels,
+            values={name: self.values.get(name, []) + other.values.get(name, [])
+                    for name in names},
+            positions=self.positions + other.positions,
+        )
+        return joined.in_position_order()
 
 
 @dataclass
@@ -105,54 +129,80 @@ class QualityResults:
     seconds: float = 0.0
 
 
+@dataclass(frozen=True)
+class _SampleImage:
+    """One image of the faithfulness/sanity sample (model input and map at input size)."""
+
+    position: int
+    model_input: np.ndarray
+    map: np.ndarray
+    predicted: int
+    label: int  # -1 when unlabelled
+
+
 class QualityAccumulator:
+    """The streaming side of the trust checks.
+
+    Every per-image value is kept with the image's position in the full record list and read
+    back in that order, sums and counts add, and the sample is the plan's N images with the
+    smallest positions. So accumulators of any split of the records merge (`merge`) into the
+    one a single pass would give, whatever the order of merging.
+    """
+
     def __init__(self, plan: QualityPlan, class_names: tuple[str, ...],
                  image_size: tuple[int, int]):
         self.plan = plan
         self.class_names = class_names
         self.image_size = image_size
-        self._labels: list[int] = []
-        self._predicted: list[int] = []
-        self._probabilities: list[np.ndarray] = []
+        # Labelled images only: (position, label, predicted class, probabilities).
+        self._predictions: list[tuple[int, int, int, np.ndarray]] = []
         self.localisation = MapScores()
         self.shortcut = MapScores()
         self._lung_masks_seen = self._lungs_estimated = 0
         self._sums = {kind: np.zeros((len(class_names), *image_size)) for kind in ("true",
                                                                                   "predicted")}
         self._counts = {kind: np.zeros(len(class_names)) for kind in ("true", "predicted")}
-        self._sample: dict[str, list] = {"inputs": [], "maps": [], "classes": [], "labels": []}
+        self._sample: list[_SampleImage] = []  # sorted by position, at most the plan's size
         self._border = measures.border_band(image_size)
         self._estimated_lungs = measures.estimated_lung_fields(image_size)
-        self._batches = 0
+        self._next_position = 0  # where a batch given without positions starts
 
-    def add_batch(self, labels, images, model_inputs, explanation) -> list[list[str]]:
-        """Score one batch; returns each image's shortcut flags (empty lists when clean)."""
+    def add_batch(self, labels, images, model_inputs, explanation, positions=None
+                  ) -> list[list[str]]:
+        """Score one batch; returns each image's shortcut flags (empty lists when clean).
+        `positions` are the images' indices in the full record list (by default, the ones
+        after the previous batch's)."""
+        positions = self._positions_for(len(labels), positions)
         predicted = explanation.class_index
-        labelled = [label is not None for label in labels]
-        for label, p, probabilities, ok in zip(labels, predicted, explanation.probabilities,
-                                               labelled, strict=True):
-            if ok:
-                self._labels.append(label)
-                self._predicted.append(int(p))
-                self._probabilities.append(probabilities)
+        for position, label, p, probabilities in zip(positions, labels, predicted,
+                                                     explanation.probabilities, strict=True):
+            if label is not None:
+                self._predictions.append((position, label, int(p), probabilities))
         if not self.plan.explanation_metrics:
             return [[] for _ in labels]
         maps = explanation.maps
-        random = measures.random_maps(maps.shape, seed=self._batches)
-        self._batches += 1
-        flags = self._score_shortcuts(labels, images, maps, random)
-        self._score_localisation(labels, predicted, images, maps, random)
+        random = random_maps_at(positions, maps.shape[1:])
+        flags = self._score_shortcuts(positions, labels, images, maps, random)
+        self._score_localisation(positions, labels, predicted, images, maps, random)
         self._add_to_means(labels, predicted, maps)
-        self._keep_sample(labels, predicted, model_inputs, maps)
+        self._keep_sample(positions, labels, predicted, model_inputs, maps)
         return flags
 
-    def _score_shortcuts(self, labels, images, maps, random) -> list[list[str]]:
+    def _positions_for(self, count: int, positions) -> list[int]:
+        if positions is None:
+            positions = range(self._next_position, self._next_position + count)
+        positions = [int(p) for p in positions]
+        self._next_position = max([self._next_position, *(p + 1 for p in positions)])
+        return positions
+
+    def _score_shortcuts(self, positions, labels, images, maps, random) -> list[list[str]]:
         lungs = np.stack([self._lungs_of(image) for image in images])
         border = self._border  # one (H, W) band for every map
         maps, random = measures.salient_part(maps), measures.salient_part(random)
         outside = measures.energy_outside(maps, lungs)
         in_border = measures.energy_inside(maps, border)
-        self.shortcut.labels.extend(-1 if label is None else label for label in labels)
+        self.shortcut.add_images(positions, [-1 if label is None else label
+                                             for label in labels])
         self.shortcut.add("outside_lungs", outside)
         self.shortcut.add("border", in_border)
         self.shortcut.add("random outside_lungs", measures.energy_outside(random, lungs))
@@ -166,7 +216,7 @@ class QualityAccumulator:
         self._lungs_estimated += 1
         return self._estimated_lungs
 
-    def _score_localisation(self, labels, predicted, images, maps, random) -> None:
+    def _score_localisation(self, positions, labels, predicted, images, maps, random) -> None:
         """Correctly classified images with a non-empty lesion mask: the map explains the
         class the lesion belongs to."""
         chosen = [
@@ -177,7 +227,8 @@ class QualityAccumulator:
         if not chosen:
             return
         masks = np.stack([images[i].lesion_mask for i in chosen])
-        self.localisation.labels.extend(labels[i] for i in chosen)
+        self.localisation.add_images([positions[i] for i in chosen],
+                                     [labels[i] for i in chosen])
         for prefix, stack in (("", maps[chosen]), ("random ", random[chosen])):
             self.localisation.add(prefix + "pointing", measures.pointing_hits(stack, masks))
             self.localisation.add(prefix + "energy", measures.energy_inside(stack, masks))
@@ -192,33 +243,65 @@ class QualityAccumulator:
                 self._sums[kind][index] += shown[chosen].sum(axis=0, dtype=np.float64)
                 self._counts[kind][index] += int(chosen.sum())
 
-    def _keep_sample(self, labels, predicted, model_inputs, maps) -> None:
-        room = self.plan.faithfulness_images - len(self._sample["classes"])
-        if room <= 0:
-            return
-        self._sample["inputs"].extend(model_inputs[:room])
-        self._sample["maps"].extend(maps[:room])
-        self._sample["classes"].extend(int(p) for p in predicted[:room])
-        self._sample["labels"].extend(-1 if x is None else x for x in labels[:room])
+    def _keep_sample(self, positions, labels, predicted, model_inputs, maps) -> None:
+        """Keep the plan's N images with the smallest positions, whatever order they come in.
+        Copies, so that a kept image does not hold its whole batch in memory."""
+        entering = [
+            _SampleImage(position, np.array(model_inputs[i]), np.array(maps[i]),
+                         int(predicted[i]), -1 if labels[i] is None else labels[i])
+            for i, position in enumerate(positions) if self._may_enter_sample(position)
+        ]
+        self._sample = _first_by_position(self._sample + entering,
+                                          self.plan.faithfulness_images)
+
+    def _may_enter_sample(self, position: int) -> bool:
+        full = len(self._sample) >= self.plan.faithfulness_images
+        return not full or position < self._sample[-1].position
+
+    @property
+    def sample_positions(self) -> list[int]:
+        """Positions of the images the faithfulness and sanity checks will use."""
+        return [image.position for image in self._sample]
+
+    def merge(self, other: QualityAccumulator) -> QualityAccumulator:
+        """The accumulator of both parts' images; associative and independent of order."""
+        if (self.plan, self.class_names, self.image_size) != (
+                other.plan, other.class_names, other.image_size):
+            raise ValueError("only accumulators of the same plan, classes and size merge")
+        merged = QualityAccumulator(self.plan, self.class_names, self.image_size)
+        merged._predictions = self._predictions + other._predictions
+        merged.localisation = self.localisation.merge(other.localisation)
+        merged.shortcut = self.shortcut.merge(other.shortcut)
+        merged._lung_masks_seen = self._lung_masks_seen + other._lung_masks_seen
+        merged._lungs_estimated = self._lungs_estimated + other._lungs_estimated
+        merged._sums = {kind: self._sums[kind] + other._sums[kind] for kind in self._sums}
+        merged._counts = {kind: self._counts[kind] + other._counts[kind]
+                          for kind in self._counts}
+        merged._sample = _first_by_position(self._sample + other._sample,
+                                            self.plan.faithfulness_images)
+        merged._next_position = max(self._next_position, other._next_position)
+        return merged
 
     def finish(self, engine, batch_size: int) -> QualityResults:
+        ordered = sorted(self._predictions, key=lambda entry: entry[0])
         results = QualityResults(
             plan=self.plan,
             class_names=self.class_names,
-            y_true=np.asarray(self._labels, dtype=int),
-            y_pred=np.asarray(self._predicted, dtype=int),
-            probabilities=np.asarray(self._probabilities).reshape(-1, len(self.class_names)),
-            localisation=self.localisation,
-            shortcut=self.shortcut,
+            y_true=np.asarray([label for _, label, _, _ in ordered], dtype=int),
+            y_pred=np.asarray([predicted for _, _, predicted, _ in ordered], dtype=int),
+            probabilities=np.asarray([p for _, _, _, p in ordered]).reshape(
+                -1, len(self.class_names)),
+            localisation=self.localisation.in_position_order(),
+            shortcut=self.shortcut.in_position_order(),
             lung_source=self._lung_source(),
             mean_maps=self._mean_maps(),
         )
-        if self.plan.explanation_metrics and self._sample["classes"]:
-            inputs = np.stack(self._sample["inputs"])
-            maps = np.stack(self._sample["maps"])
-            classes = np.asarray(self._sample["classes"])
-            results.faithfulness = faithfulness(engine, inputs, maps, classes,
-                                                np.asarray(self._sample["labels"]),
+        if self.plan.explanation_metrics and self._sample:
+            inputs = np.stack([image.model_input for image in self._sample])
+            maps = np.stack([image.map for image in self._sample])
+            classes = np.asarray([image.predicted for image in self._sample])
+            labels = np.asarray([image.label for image in self._sample])
+            results.faithfulness = faithfulness(engine, inputs, maps, classes, labels,
                                                 self.plan.steps, batch_size)
             sanity_inputs = inputs[: self.plan.sanity_images]
             results.sanity = cascading_randomisation(
@@ -242,6 +325,17 @@ class QualityAccumulator:
             }
             for kind in ("true", "predicted")
         }
+
+
+def random_maps_at(positions, size: tuple[int, int]) -> np.ndarray:
+    """(B, H, W) random reference maps, each seeded by its image's position: the same map for
+    an image however the records are split into batches or parts."""
+    return np.stack([measures.random_maps((1, *size), seed=position)[0]
+                     for position in positions])
+
+
+def _first_by_position(images: list[_SampleImage], count: int) -> list[_SampleImage]:
+    return sorted(images, key=lambda image: image.position)[:count]
 
 
 def _shortcut_flags(outside_lungs: float, border: float) -> list[str]:

@@ -42,30 +42,36 @@ def run_audit(loaded: LoadedModel, source, values: Mapping, artifacts_dir: Path,
                         metadata.image_size, explainer.overlay_suffix) as writer:
         skipped = explainer.run(source, records, writer)
     explained_seconds = time.perf_counter() - started
-    results = explainer.finish()
-    audit = _measure(loaded, source, values, engine, explainer, results, skipped, data_label,
+    # One part, the whole list: the same code path as merged parts (`Summary.merge`).
+    streamed = explainer.summary
+    results = streamed.finish(engine, values["batch_size"])
+    audit = _measure(loaded, source, values, engine, streamed, results, skipped, data_label,
                      Path(artifacts_dir), elapsed=time.perf_counter() - started)
     audit.metrics["time.explain_seconds"] = explained_seconds
-    audit.metrics["time.quality_seconds"] = explainer.quality_seconds
+    audit.metrics["time.quality_seconds"] = streamed.quality_seconds
     return audit
 
 
-def _measure(loaded, source, values, engine, explainer, results, skipped, data_label,
+def _measure(loaded, source, values, engine, streamed, results, skipped, data_label,
              artifacts_dir: Path, elapsed: float) -> Audit:
-    """Every metric, sentence and figure, each computed once."""
-    collected = explainer.collected
+    """Every metric, sentence and figure, each computed once, from `streamed` (a
+    `streaming.Summary`: one pass's, or merged parts') and its finished quality `results`."""
+    collected = streamed.collected
     class_names = loaded.metadata.class_names
-    scores = measures.classification_quality(np.asarray(collected.y_true),
-                                             np.asarray(collected.y_pred), class_names)
+    y_true, y_pred = collected.y_true, collected.y_pred
+    scores = measures.classification_quality(np.asarray(y_true), np.asarray(y_pred),
+                                             class_names)
     roc, calibration = _roc_and_calibration(results)
-    inventory = take_inventory(source, class_names, explainer.explained, skipped,
+    inventory = take_inventory(source, class_names, streamed.explained, skipped,
                                values["limit"])
-    n_flagged = len(collected.flagged)
+    flagged = collected.flagged
+    fingerprint = streamed.fingerprint  # hashed once: the lines are sorted on every call
+    n_flagged = len(flagged)
     metrics = {
         **scores.metrics(),
         **findings.classification_metrics(roc, calibration),
         **findings.explanation_metrics(results),
-        "images_explained": len(collected.y_pred),
+        "images_explained": len(y_pred),
         "images_skipped": len(skipped),
         "shortcut.flagged_images": n_flagged,
         "data.found": inventory.found,
@@ -73,7 +79,7 @@ def _measure(loaded, source, values, engine, explainer, results, skipped, data_l
         "data.skipped": inventory.skipped,
     }
     metrics = {findings.metric_key(name): float(value) for name, value in metrics.items()}
-    summary = findings.summary(results, metrics, scores.accuracy, len(collected.y_pred),
+    summary = findings.summary(results, metrics, scores.accuracy, len(y_pred),
                                n_flagged)
     sections = findings.sections(results, n_flagged)
     classification_figures = findings.classification_figures(roc, calibration)
@@ -83,13 +89,13 @@ def _measure(loaded, source, values, engine, explainer, results, skipped, data_l
         model_alias=loaded.alias,
         model_source=loaded.source,
         data_source=source.description,
-        data_fingerprint=explainer.fingerprint,
+        data_fingerprint=fingerprint,
         run_id=None,
         created=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         settings=_settings_table(values, engine, source),
         assumptions=list(loaded.metadata.assumed) + list(source.notes),
         class_names=list(class_names),
-        n_images=len(collected.y_pred),
+        n_images=len(y_pred),
         accuracy=scores.accuracy,
         per_class=scores.per_class,
         confusion=scores.confusion,
@@ -99,13 +105,13 @@ def _measure(loaded, source, values, engine, explainer, results, skipped, data_l
         summary=summary,
         sections=sections,
         extremes=collected.extremes(),
-        flagged=collected.flagged,
+        flagged=flagged,
         figures=classification_figures,
         data=_inventory_table(inventory),
     )
     return Audit(
         metrics=metrics,
-        params=_params(loaded, source, values, engine, explainer.fingerprint, data_label),
+        params=_params(loaded, source, values, engine, fingerprint, data_label),
         findings=list(summary),
         sections=list(sections),
         figures=[*classification_figures, *(f for s in sections for f in s.figures)],

@@ -25,10 +25,10 @@ from report.artifacts import ArtifactWriter
 from report.cam.engine import upsample
 from report.cam.normalise import by_scale, per_image
 from report.cam.overlay import OVERLAY_FORMATS, encode, label_text, make_overlay
-from report.checks import QualityAccumulator, QualityPlan
+from report.checks import QualityAccumulator, QualityPlan, QualityResults
 from report.data.batches import Batch, iter_batches
 from report.data.ids import safe_id
-from report.data.records import Skipped
+from report.data.records import Record, Skipped
 from report.model import ModelMetadata
 
 GRID_IMAGES_PER_CLASS = 12
@@ -38,53 +38,133 @@ MULTI_LABEL_THRESHOLD = 0.5
 
 @dataclass
 class Collected:
-    """What the report keeps while streaming: labels and predictions, bounded image grids."""
+    """What the report keeps while streaming: labels and predictions, bounded image grids.
 
-    y_true: list[int] = field(default_factory=list)
-    y_pred: list[int] = field(default_factory=list)
-    wrong: dict[int, list[render.GridItem]] = field(default_factory=dict)
-    right: dict[int, list[render.GridItem]] = field(default_factory=dict)
+    Every entry carries its image's position in the full record list, and what is kept is
+    chosen by keys of (confidence, position), never by arrival: partial summaries of any
+    split of the records merge (`merge`) into the summary of one pass over all of them.
+    """
+
+    # Labelled images only: (position, label, predicted class).
+    predictions: list[tuple[int, int, int]] = field(default_factory=list)
+    wrong: dict[int, list[_Tile]] = field(default_factory=dict)
+    right: dict[int, list[_Tile]] = field(default_factory=dict)
     totals: dict[int, int] = field(default_factory=dict)
     misclassified: dict[int, int] = field(default_factory=dict)
-    least_sure_right: list[render.GridItem] = field(default_factory=list)
-    most_sure_wrong: list[render.GridItem] = field(default_factory=list)
-    flagged: list[tuple[str, str, str]] = field(default_factory=list)
+    least_sure_right: list[_Tile] = field(default_factory=list)
+    most_sure_wrong: list[_Tile] = field(default_factory=list)
+    flags: list[tuple[int, tuple[str, str, str]]] = field(default_factory=list)
 
-    def add_prediction(self, label: int | None, predicted: int) -> None:
+    @property
+    def y_true(self) -> list[int]:
+        return [label for _, label, _ in sorted(self.predictions)]
+
+    @property
+    def y_pred(self) -> list[int]:
+        return [predicted for _, _, predicted in sorted(self.predictions)]
+
+    @property
+    def flagged(self) -> list[tuple[str, str, str]]:
+        """(image id, true class, reasons), in record order."""
+        return [flag for _, flag in sorted(self.flags, key=_by_position)]
+
+    def add_prediction(self, position: int, label: int | None, predicted: int) -> None:
         if label is None:
             return
-        self.y_true.append(label)
-        self.y_pred.append(predicted)
-        self.totals[label] = self.totals.get(label, 0) + 1
+        self.predictions.append((position, label, predicted))
+        _count(self.totals, label)
         if label != predicted:
-            self.misclassified[label] = self.misclassified.get(label, 0) + 1
+            _count(self.misclassified, label)
 
-    def offer_tile(self, label: int | None, item: render.GridItem) -> None:
+    def add_flag(self, position: int, image_id: str, true_name: str, reasons: str) -> None:
+        self.flags.append((position, (image_id, true_name, reasons)))
+
+    def offer_tile(self, position: int, label: int | None, item: render.GridItem) -> None:
         if label is None:
             return
-        kept = (self.right if item.correct else self.wrong).setdefault(label, [])
-        if len(kept) < GRID_IMAGES_PER_CLASS:
-            kept.append(item)
+        tile = (position, item)
+        kept = self.wrong if not item.correct else self.right
+        kept[label] = _best([*kept.get(label, []), tile], GRID_IMAGES_PER_CLASS,
+                            _grid_key(item.correct))
         # Bounded: only the EXTREMES least confident correct and most confident wrong stay.
         if item.correct:
-            self.least_sure_right = sorted([*self.least_sure_right, item],
-                                           key=lambda tile: tile.confidence)[:EXTREMES]
+            self.least_sure_right = _best([*self.least_sure_right, tile], EXTREMES,
+                                          _least_sure)
         else:
-            self.most_sure_wrong = sorted([*self.most_sure_wrong, item],
-                                          key=lambda tile: -tile.confidence)[:EXTREMES]
+            self.most_sure_wrong = _best([*self.most_sure_wrong, tile], EXTREMES, _most_sure)
+
+    def merge(self, other: Collected) -> Collected:
+        """The summary of both parts' images; associative and independent of order."""
+        return Collected(
+            predictions=self.predictions + other.predictions,
+            wrong=_merge_tiles(self.wrong, other.wrong, _grid_key(correct=False)),
+            right=_merge_tiles(self.right, other.right, _grid_key(correct=True)),
+            totals=_add_counts(self.totals, other.totals),
+            misclassified=_add_counts(self.misclassified, other.misclassified),
+            least_sure_right=_best(self.least_sure_right + other.least_sure_right, EXTREMES,
+                                   _least_sure),
+            most_sure_wrong=_best(self.most_sure_wrong + other.most_sure_wrong, EXTREMES,
+                                  _most_sure),
+            flags=self.flags + other.flags,
+        )
 
     def extremes(self) -> list[tuple[str, list[render.GridItem]]]:
-        return [("Lowest-confidence correct predictions", self.least_sure_right),
-                ("Highest-confidence wrong predictions", self.most_sure_wrong)]
+        return [("Lowest-confidence correct predictions", _items(self.least_sure_right)),
+                ("Highest-confidence wrong predictions", _items(self.most_sure_wrong))]
 
     def grids(self, class_names: tuple[str, ...]) -> list[render.ClassGrid]:
+        """Per true class: the most confident mistakes first, then correct images in record
+        order, GRID_IMAGES_PER_CLASS in all."""
         grids = []
         for label, name in enumerate(class_names):
-            wrong = sorted(self.wrong.get(label, []), key=lambda item: -item.confidence)
-            items = (wrong + self.right.get(label, []))[:GRID_IMAGES_PER_CLASS]
+            tiles = self.wrong.get(label, []) + self.right.get(label, [])
+            items = _items(tiles)[:GRID_IMAGES_PER_CLASS]
             total = self.totals.get(label, 0)
             grids.append(render.ClassGrid(name, items, total, self.misclassified.get(label, 0)))
         return grids
+
+
+_Tile = tuple[int, render.GridItem]  # (position, tile)
+
+
+def _by_position(entry: tuple) -> int:
+    return entry[0]
+
+
+def _least_sure(tile: _Tile) -> tuple[float, int]:
+    return tile[1].confidence, tile[0]
+
+
+def _most_sure(tile: _Tile) -> tuple[float, int]:
+    return -tile[1].confidence, tile[0]
+
+
+def _grid_key(correct: bool):
+    """Mistakes: most confident first; correct images: in record order."""
+    return _by_position if correct else _most_sure
+
+
+def _best(tiles: list[_Tile], count: int, key) -> list[_Tile]:
+    """The first `count` tiles by `key`; positions are unique, so ties never depend on order."""
+    return sorted(tiles, key=key)[:count]
+
+
+def _merge_tiles(a: dict[int, list[_Tile]], b: dict[int, list[_Tile]], key
+                 ) -> dict[int, list[_Tile]]:
+    return {label: _best(a.get(label, []) + b.get(label, []), GRID_IMAGES_PER_CLASS, key)
+            for label in sorted(a.keys() | b.keys())}
+
+
+def _items(tiles: list[_Tile]) -> list[render.GridItem]:
+    return [item for _, item in tiles]
+
+
+def _count(counts: dict[int, int], label: int) -> None:
+    counts[label] = counts.get(label, 0) + 1
+
+
+def _add_counts(a: dict[int, int], b: dict[int, int]) -> dict[int, int]:
+    return {label: a.get(label, 0) + b.get(label, 0) for label in sorted(a.keys() | b.keys())}
 
 
 @dataclass(frozen=True)
@@ -105,8 +185,76 @@ class _Drawn:
     """An overlay being encoded in a worker thread, and what writing it needs."""
 
     record: object
+    position: int
     item: _Map
     encoded: Future
+
+
+@dataclass
+class Summary:
+    """Everything a streaming pass keeps for the report about the records it saw.
+
+    Entries carry their records' global positions (indices in the full record list), so the
+    summaries of any split of the records merge into the summary of one pass over all of
+    them: `merge` is associative and independent of order.
+    """
+
+    collected: Collected
+    quality: QualityAccumulator
+    fingerprint_lines: list[tuple[int, str]] = field(default_factory=list)
+    explained_records: list[tuple[int, Record]] = field(default_factory=list)
+    quality_seconds: float = 0.0
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 over "<image_id>|<label>|<digest>" lines, in record order."""
+        digest = hashlib.sha256()
+        for _, line in sorted(self.fingerprint_lines, key=_by_position):
+            digest.update(line.encode())
+        return digest.hexdigest()
+
+    @property
+    def explained(self) -> list[Record]:
+        """The explained records, in record order (for the data accounting)."""
+        return [record for _, record in sorted(self.explained_records, key=_by_position)]
+
+    def add_image(self, position: int, record: Record, digest: str) -> None:
+        self.explained_records.append((position, record))
+        self.fingerprint_lines.append((position, f"{record.image_id}|{record.label}|{digest}\n"))
+
+    def merge(self, other: Summary) -> Summary:
+        return Summary(
+            collected=self.collected.merge(other.collected),
+            quality=self.quality.merge(other.quality),
+            fingerprint_lines=self.fingerprint_lines + other.fingerprint_lines,
+            explained_records=self.explained_records + other.explained_records,
+            quality_seconds=self.quality_seconds + other.quality_seconds,
+        )
+
+    def finish(self, engine, batch_size: int) -> QualityResults:
+        """The checks that need extra forward passes, on the bounded sample."""
+        started = time.perf_counter()
+        results = self.quality.finish(engine, batch_size)
+        self.quality_seconds += time.perf_counter() - started
+        return results
+
+
+class _Positions:
+    """Global positions of the records batches hold. Batches come in record order with the
+    skipped records left out, so a cursor walking the records meets each one; matching by
+    identity keeps equal records at different positions apart."""
+
+    def __init__(self, records, positions):
+        positions = range(len(records)) if positions is None else list(positions)
+        if len(positions) != len(records):
+            raise ValueError(f"{len(positions)} positions for {len(records)} records")
+        self._pairs = iter(zip(records, positions, strict=True))
+
+    def of(self, record) -> int:
+        for candidate, position in self._pairs:
+            if candidate is record:
+                return position
+        raise ValueError(f"record {record.image_id} is not among the records being run")
 
 
 class Explainer:
@@ -129,14 +277,11 @@ class Explainer:
         self.settings = settings
         self.metadata = metadata
         self.engine = engine
-        self.collected = Collected()
-        self._fingerprint = hashlib.sha256()
-        self._pending: list[tuple[object, list[_Map]]] = []  # normalize=global: second pass
+        self.summary = Summary(Collected(), QualityAccumulator(
+            QualityPlan.of(settings["quality"]), metadata.class_names, metadata.image_size))
+        self._positions: _Positions | None = None
+        self._pending: list[tuple[object, int, list[_Map]]] = []  # normalize=global: second pass
         self._global_scale = 0.0
-        self.quality = QualityAccumulator(QualityPlan.of(settings["quality"]),
-                                          metadata.class_names, metadata.image_size)
-        self.quality_seconds = 0.0
-        self.explained: list = []  # records, for the data accounting
         self.workers = settings["workers"] or len(os.sched_getaffinity(0)) or 1
         self._drawn: deque[_Drawn] = deque()
         self._suffix, self._media_type = OVERLAY_FORMATS[settings["overlay_format"]]
@@ -144,21 +289,22 @@ class Explainer:
         self._window = max(2 * settings["batch_size"], 4 * self.workers)
 
     @property
-    def fingerprint(self) -> str:
-        return self._fingerprint.hexdigest()
+    def collected(self) -> Collected:
+        return self.summary.collected
+
+    @property
+    def quality(self) -> QualityAccumulator:
+        return self.summary.quality
 
     @property
     def overlay_suffix(self) -> str:
         return self._suffix
 
-    def finish(self):
-        """The checks that need extra forward passes, on the bounded sample."""
-        started = time.perf_counter()
-        results = self.quality.finish(self.engine, self.settings["batch_size"])
-        self.quality_seconds += time.perf_counter() - started
-        return results
-
-    def run(self, source, records, writer: ArtifactWriter) -> list[Skipped]:
+    def run(self, source, records, writer: ArtifactWriter, positions=None) -> list[Skipped]:
+        """Explain `records`; `positions` are their indices in the full record list (by
+        default 0, 1, ...), so that a part of the list run on its own gives a summary that
+        merges with the other parts' (`Summary.merge`)."""
+        self._positions = _Positions(records, positions)
         skipped: list[Skipped] = []
         spill = self.settings["normalize"] == "global"  # films kept for the second pass
         with (
@@ -191,33 +337,35 @@ class Explainer:
         ]
         if self.engine.head.multi_label:
             self._add_other_labels(images, explanation, maps_per_image)
+        positions = [self._positions.of(record) for record in batch.records]
         started = time.perf_counter()
         labels = [record.label for record in batch.records]
-        shortcut_flags = self.quality.add_batch(labels, batch.images, images, explanation)
-        self.quality_seconds += time.perf_counter() - started
-        for record, image, maps, probabilities, flags in zip(
-            batch.records, batch.images, maps_per_image, explanation.probabilities,
+        shortcut_flags = self.quality.add_batch(labels, batch.images, images, explanation,
+                                                positions)
+        self.summary.quality_seconds += time.perf_counter() - started
+        for position, record, image, maps, probabilities, flags in zip(
+            positions, batch.records, batch.images, maps_per_image, explanation.probabilities,
             shortcut_flags, strict=True
         ):
             predicted = maps[0].class_index
-            self.explained.append(record)
+            self.summary.add_image(position, record, image.digest)
             writer.add_prediction(record.image_id, record.source, record.label, probabilities,
                                   predicted, maps[0].raw, flags)
             if flags:
                 true_name = "unlabelled" if record.label is None else (
                     self.metadata.class_names[record.label])
-                self.collected.flagged.append((record.image_id, true_name, "; ".join(flags)))
+                self.collected.add_flag(position, record.image_id, true_name, "; ".join(flags))
             for extra in maps[1:]:
                 writer.add_map(self._key(record.image_id, extra), extra.raw)
-            self.collected.add_prediction(record.label, predicted)
-            self._fingerprint.update(f"{record.image_id}|{record.label}|{image.digest}\n".encode())
+            self.collected.add_prediction(position, record.label, predicted)
             if self.settings["normalize"] == "image":
                 heatmaps = per_image(np.stack([m.full for m in maps]))
-                self._draw(record, image.pixels, maps, heatmaps, pool)
+                self._draw(record, position, image.pixels, maps, heatmaps, pool)
             else:
                 self._global_scale = max([self._global_scale, *(m.raw.max() for m in maps)])
                 films.write(np.ascontiguousarray(image.pixels).tobytes())
-                self._pending.append((record, [replace(m, full=None) for m in maps]))
+                self._pending.append((record, position,
+                                      [replace(m, full=None) for m in maps]))
 
     def _add_other_labels(self, images, explanation, maps_per_image) -> None:
         """Multi-label heads: one more map for every other class at or above the threshold,
@@ -244,25 +392,26 @@ class Explainer:
         with _progress(len(self._pending), "Drawing overlays") as progress:
             for start in range(0, len(self._pending), size):
                 chunk = self._pending[start : start + size]
-                raw = np.stack([m.raw for _, maps in chunk for m in maps])
+                raw = np.stack([m.raw for _, _, maps in chunk for m in maps])
                 full = iter(by_scale(upsample(raw, (height, width)).numpy(), scale))
-                for offset, (record, maps) in enumerate(chunk):
+                for offset, (record, position, maps) in enumerate(chunk):
                     heatmaps = [next(full) for _ in maps]
-                    self._draw(record, np.array(stored[start + offset]), maps, heatmaps, pool)
+                    self._draw(record, position, np.array(stored[start + offset]), maps,
+                               heatmaps, pool)
                 self._write_overlays(writer, keep=self._window)
                 progress.update(len(chunk))
             self._write_overlays(writer, keep=0)
         del stored
         self._pending = []
 
-    def _draw(self, record, pixels, maps: list[_Map], heatmaps, pool) -> None:
+    def _draw(self, record, position: int, pixels, maps: list[_Map], heatmaps, pool) -> None:
         """Queue each map's overlay for a worker thread; `_write_overlays` collects them."""
         for item, heatmap in zip(maps, heatmaps, strict=True):
             label = label_text(self.metadata.class_names[item.class_index], item.confidence)
             encoded = pool.submit(draw_and_encode, pixels, heatmap, label,
                                   self.settings["alpha"], self.settings["colormap"],
                                   self.settings["overlay_format"])
-            self._drawn.append(_Drawn(record, replace(item, full=None), encoded))
+            self._drawn.append(_Drawn(record, position, replace(item, full=None), encoded))
 
     def _write_overlays(self, writer: ArtifactWriter, keep: int) -> None:
         """Write finished overlays in record order until at most `keep` are in flight."""
@@ -272,7 +421,8 @@ class Explainer:
             record, item = drawn.record, drawn.item
             writer.add_overlay(self._key(record.image_id, item), record.label, encoded)
             if not item.extra:
-                self.collected.offer_tile(record.label, self._tile(record, item, encoded))
+                self.collected.offer_tile(drawn.position, record.label,
+                                          self._tile(record, item, encoded))
 
     def _tile(self, record, item: _Map, encoded: bytes) -> render.GridItem:
         class_names = self.metadata.class_names
