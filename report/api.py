@@ -50,7 +50,7 @@ def audit_loaded(loaded, data, values: dict):
     MLflow evaluator); `values` are checked options (`options.resolve`)."""
     from report import core
 
-    source, data_label = _source(data, loaded.metadata.class_names, values)
+    source, data_label = core.open_data(data, loaded.metadata.class_names, values)
     if values["output_dir"] is None:
         workspace = tempfile.TemporaryDirectory(prefix="cxr-audit-")
         artifacts_dir = Path(workspace.name)
@@ -62,14 +62,11 @@ def audit_loaded(loaded, data, values: dict):
 
 
 def _new_folder(output_dir: Path) -> Path:
+    from report.core import writable_folder
+
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    folder = output_dir.resolve() / f"audit-{stamp}-{uuid.uuid4().hex[:6]}"
-    try:
-        folder.mkdir(parents=True)
-    except OSError as error:
-        raise OptionError("output_dir", f"cannot create {folder}: {error.strerror}; pass a "
-                          "writable folder") from error
-    return folder
+    return writable_folder(output_dir.resolve() / f"audit-{stamp}-{uuid.uuid4().hex[:6]}",
+                           "output_dir")
 
 
 def explain(model, images, classes=None, **keywords):
@@ -117,20 +114,6 @@ def _loaded_model(model, values):
     tracking.configure_store()  # a registry URI means the project's store in a checkout
     return tracking.load_model(str(model), values["unsafe_deserialization"],
                                values["class_names"])
-
-
-def _source(data, class_names, values):
-    from report.data import load_label_map, open_source
-
-    label_map = load_label_map(values["label_map"]) if values["label_map"] else None
-    if not isinstance(data, tuple | str | os.PathLike):
-        raise OptionError("data", f"got a {type(data).__name__}; pass a data spec, a folder "
-                          "or a tuple (images, labels)")
-    source = open_source(data, class_names, values["split"], label_map)
-    if isinstance(data, tuple):
-        found = len(source.records) + len(source.skipped)
-        return source, f"in-memory arrays ({found} images)"
-    return source, str(data)
 
 
 def _pixel_batch(images, metadata) -> np.ndarray:

@@ -16,8 +16,8 @@ import numpy as np
 from report import findings, measures, options
 from report.artifacts import ArtifactWriter
 from report.cam.engine import make_engine
-from report.data import take_inventory
-from report.errors import UserError
+from report.data import load_label_map, open_source, take_inventory
+from report.errors import OptionError, UserError
 from report.model import LoadedModel
 from report.render import ReportContext, Table
 from report.result import Audit
@@ -52,13 +52,33 @@ def run_audit(loaded: LoadedModel, source, values: Mapping, artifacts_dir: Path,
     return audit
 
 
+def open_data(data, class_names, values: Mapping):
+    """The source for `data` (a spec, a folder or in-memory (images, labels)) and the label
+    the run params give it."""
+    label_map = load_label_map(values["label_map"]) if values["label_map"] else None
+    source = open_source(data, class_names, values["split"], label_map)
+    if isinstance(data, tuple):
+        return source, f"in-memory arrays ({len(source.records) + len(source.skipped)} images)"
+    return source, str(data)
+
+
+def writable_folder(folder: Path, option: str) -> Path:
+    """`folder`, created if need be; an OptionError naming `option` when it cannot be."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OptionError(option, f"cannot create {folder}: {error.strerror}; pass a "
+                          "writable folder") from error
+    return folder
+
+
 def _measure(loaded, source, values, engine, streamed, results, skipped, data_label,
              artifacts_dir: Path, elapsed: float) -> Audit:
     """Every metric, sentence and figure, each computed once, from `streamed` (a
     `streaming.Summary`: one pass's, or merged parts') and its finished quality `results`."""
     collected = streamed.collected
     class_names = loaded.metadata.class_names
-    y_true, y_pred = collected.y_true, collected.y_pred
+    y_true, y_pred = results.y_true, results.y_pred
     scores = measures.classification_quality(np.asarray(y_true), np.asarray(y_pred),
                                              class_names)
     roc, calibration = _roc_and_calibration(results)
@@ -99,7 +119,7 @@ def _measure(loaded, source, values, engine, streamed, results, skipped, data_la
         accuracy=scores.accuracy,
         per_class=scores.per_class,
         confusion=scores.confusion,
-        grids=collected.grids(class_names),
+        grids=collected.grids(class_names, y_true, y_pred),
         skipped=[(item.source, item.reason) for item in skipped],
         elapsed_seconds=elapsed,
         summary=summary,

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from report import core, options, sinks, tracking
 from report.cam.engine import share_cores_with_workers
-from report.data import SYNTHETIC_NAMES, detect_layouts, load_label_map, open_source
+from report.data import SYNTHETIC_NAMES, detect_layouts, open_source
 from report.data.batches import iter_batches
 from report.data.records import Skipped
 from report.data.synthetic import CLASS_NAMES
@@ -133,13 +133,14 @@ def explain(values: dict) -> ReportRun:
     and keeps the artifacts made so far."""
     values = options.resolve("explain", values)
     tracking.configure_store()  # an unreachable server fails here, before anything is written
-    report_root = _writable_folder(values["output_dir"])  # before any work, not after it
+    if values["output_dir"] is None:
+        raise OptionError("--output-dir", "needs a folder for the report's local copy")
+    # Before any work, not after it.
+    report_root = core.writable_folder(Path(values["output_dir"]), "--output-dir")
     share_cores_with_workers()  # before the model load starts TensorFlow's runtime
     loaded = tracking.load_model(values["model_uri"], values["unsafe_deserialization"],
                                  values["class_names"])
-    label_map = load_label_map(values["label_map"]) if values["label_map"] else None
-    source = open_source(values["data"], loaded.metadata.class_names, values["split"],
-                         label_map)
+    source, _ = core.open_data(values["data"], loaded.metadata.class_names, values)
     run_name = f"report-{loaded.name}" + (f"-v{loaded.version}" if loaded.version else "")
     with (
         tracking.start_run(run_name=run_name) as run,
@@ -167,15 +168,3 @@ def explain(values: dict) -> ReportRun:
         html=files[0].resolve(),
         pdf=files[1].resolve(),
     )
-
-
-def _writable_folder(output_dir: str | None) -> Path:
-    if output_dir is None:
-        raise OptionError("--output-dir", "needs a folder for the report's local copy")
-    folder = Path(output_dir)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise OptionError("--output-dir", f"cannot create {folder}: {error.strerror}; pass a "
-                          "writable folder") from error
-    return folder

@@ -38,43 +38,24 @@ MULTI_LABEL_THRESHOLD = 0.5
 
 @dataclass
 class Collected:
-    """What the report keeps while streaming: labels and predictions, bounded image grids.
+    """What the report keeps while streaming for its pictures: bounded image grids, the
+    extremes and the flagged images (labels and predictions are the quality accumulator's).
 
     Every entry carries its image's position in the full record list, and what is kept is
     chosen by keys of (confidence, position), never by arrival: partial summaries of any
     split of the records merge (`merge`) into the summary of one pass over all of them.
     """
 
-    # Labelled images only: (position, label, predicted class).
-    predictions: list[tuple[int, int, int]] = field(default_factory=list)
     wrong: dict[int, list[_Tile]] = field(default_factory=dict)
     right: dict[int, list[_Tile]] = field(default_factory=dict)
-    totals: dict[int, int] = field(default_factory=dict)
-    misclassified: dict[int, int] = field(default_factory=dict)
     least_sure_right: list[_Tile] = field(default_factory=list)
     most_sure_wrong: list[_Tile] = field(default_factory=list)
     flags: list[tuple[int, tuple[str, str, str]]] = field(default_factory=list)
 
     @property
-    def y_true(self) -> list[int]:
-        return [label for _, label, _ in sorted(self.predictions)]
-
-    @property
-    def y_pred(self) -> list[int]:
-        return [predicted for _, _, predicted in sorted(self.predictions)]
-
-    @property
     def flagged(self) -> list[tuple[str, str, str]]:
         """(image id, true class, reasons), in record order."""
         return [flag for _, flag in sorted(self.flags, key=_by_position)]
-
-    def add_prediction(self, position: int, label: int | None, predicted: int) -> None:
-        if label is None:
-            return
-        self.predictions.append((position, label, predicted))
-        _count(self.totals, label)
-        if label != predicted:
-            _count(self.misclassified, label)
 
     def add_flag(self, position: int, image_id: str, true_name: str, reasons: str) -> None:
         self.flags.append((position, (image_id, true_name, reasons)))
@@ -96,11 +77,8 @@ class Collected:
     def merge(self, other: Collected) -> Collected:
         """The summary of both parts' images; associative and independent of order."""
         return Collected(
-            predictions=self.predictions + other.predictions,
             wrong=_merge_tiles(self.wrong, other.wrong, _grid_key(correct=False)),
             right=_merge_tiles(self.right, other.right, _grid_key(correct=True)),
-            totals=_add_counts(self.totals, other.totals),
-            misclassified=_add_counts(self.misclassified, other.misclassified),
             least_sure_right=_best(self.least_sure_right + other.least_sure_right, EXTREMES,
                                    _least_sure),
             most_sure_wrong=_best(self.most_sure_wrong + other.most_sure_wrong, EXTREMES,
@@ -112,15 +90,18 @@ class Collected:
         return [("Lowest-confidence correct predictions", _items(self.least_sure_right)),
                 ("Highest-confidence wrong predictions", _items(self.most_sure_wrong))]
 
-    def grids(self, class_names: tuple[str, ...]) -> list[render.ClassGrid]:
+    def grids(self, class_names: tuple[str, ...], y_true, y_pred) -> list[render.ClassGrid]:
         """Per true class: the most confident mistakes first, then correct images in record
-        order, GRID_IMAGES_PER_CLASS in all."""
+        order, GRID_IMAGES_PER_CLASS in all; counted over every labelled image (`y_true`,
+        `y_pred`, as the quality accumulator keeps them)."""
+        y_true, y_pred = np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)
+        totals = np.bincount(y_true, minlength=len(class_names))
+        wrong = np.bincount(y_true[y_true != y_pred], minlength=len(class_names))
         grids = []
         for label, name in enumerate(class_names):
             tiles = self.wrong.get(label, []) + self.right.get(label, [])
             items = _items(tiles)[:GRID_IMAGES_PER_CLASS]
-            total = self.totals.get(label, 0)
-            grids.append(render.ClassGrid(name, items, total, self.misclassified.get(label, 0)))
+            grids.append(render.ClassGrid(name, items, int(totals[label]), int(wrong[label])))
         return grids
 
 
@@ -157,14 +138,6 @@ def _merge_tiles(a: dict[int, list[_Tile]], b: dict[int, list[_Tile]], key
 
 def _items(tiles: list[_Tile]) -> list[render.GridItem]:
     return [item for _, item in tiles]
-
-
-def _count(counts: dict[int, int], label: int) -> None:
-    counts[label] = counts.get(label, 0) + 1
-
-
-def _add_counts(a: dict[int, int], b: dict[int, int]) -> dict[int, int]:
-    return {label: a.get(label, 0) + b.get(label, 0) for label in sorted(a.keys() | b.keys())}
 
 
 @dataclass(frozen=True)
@@ -239,24 +212,6 @@ class Summary:
         return results
 
 
-class _Positions:
-    """Global positions of the records batches hold. Batches come in record order with the
-    skipped records left out, so a cursor walking the records meets each one; matching by
-    identity keeps equal records at different positions apart."""
-
-    def __init__(self, records, positions):
-        positions = range(len(records)) if positions is None else list(positions)
-        if len(positions) != len(records):
-            raise ValueError(f"{len(positions)} positions for {len(records)} records")
-        self._pairs = iter(zip(records, positions, strict=True))
-
-    def of(self, record) -> int:
-        for candidate, position in self._pairs:
-            if candidate is record:
-                return position
-        raise ValueError(f"record {record.image_id} is not among the records being run")
-
-
 class Explainer:
     """Streams batches through the engine into the artifact writer (`settings`: the checked
     values of options.EXPLAIN).
@@ -279,7 +234,7 @@ class Explainer:
         self.engine = engine
         self.summary = Summary(Collected(), QualityAccumulator(
             QualityPlan.of(settings["quality"]), metadata.class_names, metadata.image_size))
-        self._positions: _Positions | None = None
+        self._positions: list[int] = []  # of the records being run, by index
         self._pending: list[tuple[object, int, list[_Map]]] = []  # normalize=global: second pass
         self._global_scale = 0.0
         self.workers = settings["workers"] or len(os.sched_getaffinity(0)) or 1
@@ -304,7 +259,9 @@ class Explainer:
         """Explain `records`; `positions` are their indices in the full record list (by
         default 0, 1, ...), so that a part of the list run on its own gives a summary that
         merges with the other parts' (`Summary.merge`)."""
-        self._positions = _Positions(records, positions)
+        self._positions = list(range(len(records)) if positions is None else positions)
+        if len(self._positions) != len(records):
+            raise ValueError(f"{len(self._positions)} positions for {len(records)} records")
         skipped: list[Skipped] = []
         spill = self.settings["normalize"] == "global"  # films kept for the second pass
         with (
@@ -337,7 +294,7 @@ class Explainer:
         ]
         if self.engine.head.multi_label:
             self._add_other_labels(images, explanation, maps_per_image)
-        positions = [self._positions.of(record) for record in batch.records]
+        positions = [self._positions[index] for index in batch.indices]
         started = time.perf_counter()
         labels = [record.label for record in batch.records]
         shortcut_flags = self.quality.add_batch(labels, batch.images, images, explanation,
@@ -357,7 +314,6 @@ class Explainer:
                 self.collected.add_flag(position, record.image_id, true_name, "; ".join(flags))
             for extra in maps[1:]:
                 writer.add_map(self._key(record.image_id, extra), extra.raw)
-            self.collected.add_prediction(position, record.label, predicted)
             if self.settings["normalize"] == "image":
                 heatmaps = per_image(np.stack([m.full for m in maps]))
                 self._draw(record, position, image.pixels, maps, heatmaps, pool)

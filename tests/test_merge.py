@@ -72,8 +72,8 @@ def make_setup() -> Setup:
                                          "batch_size": 4, "workers": 2, "output_dir": None},
                              only=api.AUDIT_KEYWORDS)
     loaded = api._loaded_model(tiny_classifier(SIZE, "merged", convs=2, seed=3), values)
-    source, _ = api._source(synthetic_films(N_IMAGES, SIZE), loaded.metadata.class_names,
-                            values)
+    source, _ = core.open_data(synthetic_films(N_IMAGES, SIZE), loaded.metadata.class_names,
+                               values)
     metadata = loaded.metadata
     engine = make_engine(values["method"], loaded.model, metadata.layer_for(values["layer"]),
                          values["score"], (*metadata.image_size, metadata.channels))
@@ -112,10 +112,9 @@ def extreme_ids(audit) -> list[list[str]]:
 @pytest.mark.parametrize("name", MERGED)
 def test_merged_parts_classify_and_measure_like_one_pass(outcomes, name):
     single, merged = outcomes["single"], outcomes[name]
-    assert merged.summary.collected.y_true == single.summary.collected.y_true
-    assert merged.summary.collected.y_pred == single.summary.collected.y_pred
-    assert len(single.summary.collected.y_pred) == N_IMAGES
+    assert len(single.results.y_pred) == N_IMAGES
     np.testing.assert_array_equal(merged.results.y_true, single.results.y_true)
+    np.testing.assert_array_equal(merged.results.y_pred, single.results.y_pred)
     np.testing.assert_array_equal(merged.results.probabilities, single.results.probabilities)
     assert merged.audit.metrics == pytest.approx(single.audit.metrics, nan_ok=True)
     assert merged.audit.findings == single.audit.findings
@@ -178,11 +177,13 @@ TILES = [tile(p, p % 2, (p * 7) % 3 % 2, round(0.3 + 0.1 * ((p * 5) % 4), 2))
          for p in range(30)]
 
 
+TILE_LABELS = ([label for _, label, _ in TILES],
+               [CLASSES.index(item.predicted_label) for _, _, item in TILES])
+
+
 def collected_of(tiles) -> Collected:
     collected = Collected()
     for position, label, item in tiles:
-        predicted = CLASSES.index(item.predicted_label)
-        collected.add_prediction(position, label, predicted)
         collected.offer_tile(position, label, item)
         if position % 4 == 0:
             collected.add_flag(position, item.image_id, item.true_label, "flag")
@@ -190,10 +191,11 @@ def collected_of(tiles) -> Collected:
 
 
 def view(collected: Collected):
-    return (collected.y_true, collected.y_pred, collected.flagged,
-            [[item.image_id for item in grid.items] for grid in collected.grids(CLASSES)],
+    grids = collected.grids(CLASSES, *TILE_LABELS)
+    return (collected.flagged,
+            [[item.image_id for item in grid.items] for grid in grids],
             [[item.image_id for item in items] for _, items in collected.extremes()],
-            collected.totals, collected.misclassified)
+            [(grid.total, grid.misclassified) for grid in grids])
 
 
 def test_collected_merge_is_associative_and_independent_of_order(monkeypatch):
@@ -207,7 +209,7 @@ def test_collected_merge_is_associative_and_independent_of_order(monkeypatch):
         assert view(a.merge(b).merge(c)) == expected
         assert view(a.merge(b.merge(c))) == expected
 
-    grid = collected_of(TILES).grids(CLASSES)[0]
+    grid = collected_of(TILES).grids(CLASSES, *TILE_LABELS)[0]
     mistakes = [item for _, label, item in TILES if label == 0 and not item.correct]
     assert len(mistakes) > 4  # the bound has to choose among them
     most_confident = sorted(mistakes, key=lambda item: -item.confidence)[:4]

@@ -21,6 +21,7 @@ R = TypeVar("R")
 class Batch:
     records: list[Record]
     images: list[LoadedImage]
+    indices: list[int]  # each record's index in the list given to iter_batches
 
     @property
     def pixels(self) -> np.ndarray:
@@ -49,10 +50,9 @@ def iter_batches(
     """
     first_by_digest: dict[str, str] = {}
     dedupe = not source.keeps_duplicates
-    pending_records: list[Record] = []
-    pending_images: list[LoadedImage] = []
+    pending = Batch([], [], [])
     loaded = ordered_map(lambda record: _load(source, record, image_size), records, pool, window)
-    for record, image in zip(records, loaded, strict=True):
+    for index, (record, image) in enumerate(zip(records, loaded, strict=True)):
         try:
             if isinstance(image, UnreadableImage):
                 raise image
@@ -63,13 +63,14 @@ def iter_batches(
                 Skipped(record.image_id, record.source, record.label, str(error), record.dataset)
             )
             continue
-        pending_records.append(record)
-        pending_images.append(image)
-        if len(pending_records) == batch_size:
-            yield Batch(pending_records, pending_images)
-            pending_records, pending_images = [], []
-    if pending_records:
-        yield Batch(pending_records, pending_images)
+        pending.records.append(record)
+        pending.images.append(image)
+        pending.indices.append(index)
+        if len(pending.records) == batch_size:
+            yield pending
+            pending = Batch([], [], [])
+    if pending.records:
+        yield pending
 
 
 def _load(source: ImageSource, record: Record, image_size) -> LoadedImage | UnreadableImage:
