@@ -103,9 +103,9 @@ def _loaded_model(model, values):
     from report.model import LoadedModel, ModelMetadata
 
     if isinstance(model, keras.Model):
-        metadata = {"class_names": values["class_names"]} if values["class_names"] else None
-        return LoadedModel(model=model, metadata=ModelMetadata.from_mlflow(metadata, model),
-                           name=model.name, version="", source=IN_MEMORY)
+        metadata = ModelMetadata.from_mlflow(None, model, values["class_names"])
+        return LoadedModel(model=model, metadata=metadata, name=model.name, version="",
+                           source=IN_MEMORY)
     if not isinstance(model, str | os.PathLike):
         raise OptionError("model", f"got a {type(model).__name__}; pass a keras.Model, a "
                           "model URI or a local MLflow model folder")

@@ -54,9 +54,13 @@ class ModelMetadata:
         return metadata
 
     @classmethod
-    def from_mlflow(cls, metadata: dict | None, model: keras.Model) -> ModelMetadata:
-        """Read the contract, falling back to what the model itself reveals for missing fields."""
-        metadata = metadata or {}
+    def from_mlflow(cls, metadata: dict | None, model: keras.Model,
+                    class_names: list[str] | None = None) -> ModelMetadata:
+        """Read the contract, falling back to what the model itself reveals for missing fields.
+        `class_names`, when given, replace the metadata's (the `class_names` option)."""
+        metadata = dict(metadata or {})
+        if class_names:
+            metadata["class_names"] = list(class_names)
         preprocessing = metadata.get("preprocessing") or {}
         assumed: list[str] = []
         image_size = preprocessing.get("image_size")

@@ -233,10 +233,8 @@ def load_model(model_uri: str, unsafe_deserialization: bool = False,
         identity = {"name": Path(local).name, "version": "", "alias": None,
                     "source": model_uri}
     info, model = _load_keras(local, model_uri, unsafe_deserialization)
-    metadata = dict(info.metadata or {})
-    if class_names:
-        metadata["class_names"] = list(class_names)
-    return LoadedModel(model=model, metadata=ModelMetadata.from_mlflow(metadata, model),
+    return LoadedModel(model=model,
+                       metadata=ModelMetadata.from_mlflow(info.metadata, model, class_names),
                        uri=model_uri, **identity)
 
 
