@@ -102,7 +102,7 @@ def _at_least(size: int, image: np.ndarray, heatmap: np.ndarray):
 
 
 # Overlay file formats: (file suffix, media type). PNG is lossless and the default; JPEG is
-# about 20x cheaper to encode and 6x smaller (README, "Speed"). OpenCV's encoders release
+# about 9x cheaper to encode and 6x smaller (README, "Speed"). OpenCV's encoders release
 # the GIL, so overlays encode in parallel threads; Pillow's PNG (zlib level 6) cost 7x more.
 OVERLAY_FORMATS = {"png": (".png", "image/png"), "jpeg": (".jpg", "image/jpeg")}
 PNG_COMPRESSION = 1  # zlib level: 14% larger files than level 6 for a fraction of the time
