@@ -115,8 +115,8 @@ EXPLAIN = (
            minimum=0.0, maximum=1.0, label="Alpha"),
     Option("colormap", "str", "viridis", "heatmap colours", choices=COLORMAPS, label="Colormap"),
     Option("overlay_format", "str", "png",
-           "overlay files: png (lossless) or jpeg (about 9x cheaper to encode, 6x smaller); raw maps "
-           "stay lossless in cams/", choices=OVERLAY_FORMATS, label="Overlay format"),
+           "overlay files: png (lossless) or jpeg (about 9x cheaper to encode, 6x smaller); "
+           "raw maps stay lossless in cams/", choices=OVERLAY_FORMATS, label="Overlay format"),
     Option("limit", "int", 0, "explain at most N images; 0 = all", minimum=0, label="Limit"),
     Option("workers", "int", 0,
            "threads that decode images and encode overlays beside the engine; 0 = one per core",
