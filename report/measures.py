@@ -210,8 +210,11 @@ def energy_inside(maps, masks) -> np.ndarray:
     maps, masks = _maps_and_masks(maps, masks)
     flat = maps.reshape(len(maps), -1)
     total = flat.sum(axis=1, dtype=np.float64)
-    if shared:  # one region for every map: a matrix-vector product, no (B, H, W) temporary
-        inside = (flat @ masks[0].reshape(-1).astype(flat.dtype)).astype(np.float64)
+    if shared:  # one region for every map: no (B, H, W) temporary
+        # einsum, not `@`: a BLAS call would start BLAS's own spinning threads, which crowd
+        # out the engine and the workers while a report streams.
+        inside = np.einsum("bi,i->b", flat, masks[0].reshape(-1).astype(flat.dtype),
+                           dtype=np.float64)
     else:
         inside = np.einsum("bi,bi->b", flat, masks.reshape(len(maps), -1), dtype=np.float64)
     return np.where(total > 0, inside / np.where(total > 0, total, 1.0), np.nan)
@@ -431,4 +434,7 @@ def salient_part(maps: np.ndarray, fraction: float = 0.5) -> np.ndarray:
     if not np.issubdtype(maps.dtype, np.floating):
         maps = maps.astype(np.float64)
     peaks = maps.max(axis=(-2, -1), keepdims=True)
-    return np.where((maps >= fraction * peaks) & (peaks > 0), maps, maps.dtype.type(0))
+    # A map with no positive peak keeps nothing: its threshold is infinite.
+    threshold = np.where(peaks > 0, fraction * peaks, np.inf).astype(maps.dtype)
+    # A product with the mask, not np.where: the same values, several times faster.
+    return maps * (maps >= threshold)

@@ -18,6 +18,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from report import render
@@ -25,7 +26,7 @@ from report.artifacts import ArtifactWriter
 from report.cam.engine import upsample
 from report.cam.normalise import by_scale, per_image
 from report.cam.overlay import OVERLAY_FORMATS, encode, label_text, make_overlay
-from report.checks import QualityAccumulator, QualityPlan, QualityResults
+from report.checks import QualityAccumulator, QualityPlan
 from report.data.batches import Batch, iter_batches
 from report.data.ids import safe_id
 from report.data.records import Record, Skipped
@@ -204,12 +205,14 @@ class Summary:
             quality_seconds=self.quality_seconds + other.quality_seconds,
         )
 
-    def finish(self, engine, batch_size: int) -> QualityResults:
-        """The checks that need extra forward passes, on the bounded sample."""
+    def timed(self, check, *arguments):
+        """`check(*arguments)` (one of the quality accumulator's sample checks), its time
+        added to `quality_seconds`."""
         started = time.perf_counter()
-        results = self.quality.finish(engine, batch_size)
-        self.quality_seconds += time.perf_counter() - started
-        return results
+        try:
+            return check(*arguments)
+        finally:
+            self.quality_seconds += time.perf_counter() - started
 
 
 class Explainer:
@@ -265,6 +268,9 @@ class Explainer:
         skipped: list[Skipped] = []
         spill = self.settings["normalize"] == "global"  # films kept for the second pass
         with (
+            # NumPy's BLAS keeps a spinning thread per core of its own: in a pass that
+            # already runs the engine and the workers on every core, it only gets in the way.
+            threadpool_limits(limits=1, user_api="blas"),
             ThreadPoolExecutor(self.workers, thread_name_prefix="cxr-worker") as pool,
             tempfile.TemporaryFile(prefix="cxr-films-") if spill else nullcontext() as films,
         ):
