@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import cv2
 import keras
 import numpy as np
+import tensorflow as tf
 
 from report import measures
 from report.cam.normalise import per_image
@@ -45,7 +46,7 @@ class QualityPlan:
         if level == "full":
             return cls(level, faithfulness_images=128, steps=20, sanity_images=16,
                        sanity_stages=8)
-        return cls(level, faithfulness_images=32, steps=10, sanity_images=8, sanity_stages=5)
+        return cls(level, faithfulness_images=16, steps=6, sanity_images=8, sanity_stages=5)
 
     @property
     def explanation_metrics(self) -> bool:
@@ -196,7 +197,10 @@ class QualityAccumulator:
         return positions
 
     def _score_shortcuts(self, positions, labels, images, maps, random) -> list[list[str]]:
-        lungs = np.stack([self._lungs_of(image) for image in images])
+        lungs = [self._lungs_of(image) for image in images]
+        # Without masks every image shares the prior: one (H, W) region, a matrix product.
+        shared = all(region is self._estimated_lungs for region in lungs)
+        lungs = self._estimated_lungs if shared else np.stack(lungs)
         border = self._border  # one (H, W) band for every map
         maps, random = measures.salient_part(maps), measures.salient_part(random)
         outside = measures.energy_outside(maps, lungs)
@@ -282,9 +286,11 @@ class QualityAccumulator:
         merged._next_position = max(self._next_position, other._next_position)
         return merged
 
-    def finish(self, engine, batch_size: int) -> QualityResults:
+    def results(self) -> QualityResults:
+        """What the stream measured, without the sample checks (`check_faithfulness` and
+        `check_sanity` add them)."""
         ordered = sorted(self._predictions, key=lambda entry: entry[0])
-        results = QualityResults(
+        return QualityResults(
             plan=self.plan,
             class_names=self.class_names,
             y_true=np.asarray([label for _, label, _, _ in ordered], dtype=int),
@@ -296,19 +302,29 @@ class QualityAccumulator:
             lung_source=self._lung_source(),
             mean_maps=self._mean_maps(),
         )
-        if self.plan.explanation_metrics and self._sample:
-            inputs = np.stack([image.model_input for image in self._sample])
-            maps = np.stack([image.map for image in self._sample])
-            classes = np.asarray([image.predicted for image in self._sample])
-            labels = np.asarray([image.label for image in self._sample])
-            results.faithfulness = faithfulness(engine, inputs, maps, classes, labels,
-                                                self.plan.steps, batch_size)
-            sanity_inputs = inputs[: self.plan.sanity_images]
-            results.sanity = cascading_randomisation(
-                engine, sanity_inputs, classes[: self.plan.sanity_images],
-                self.plan.sanity_stages,
-            )
-        return results
+
+    def check_faithfulness(self, engine, batch_size: int) -> Faithfulness | None:
+        """Deletion/insertion and Average Drop on the sample: extra forward passes (None
+        with `quality=off` or no images)."""
+        if not (self.plan.explanation_metrics and self._sample):
+            return None
+        inputs, maps, classes, labels = self._sample_arrays()
+        return faithfulness(engine, inputs, maps, classes, labels, self.plan.steps,
+                            batch_size)
+
+    def check_sanity(self, engine) -> Sanity | None:
+        """The cascading-randomisation sanity check on the sample's first images."""
+        if not (self.plan.explanation_metrics and self._sample):
+            return None
+        inputs, _, classes, _ = self._sample_arrays(self.plan.sanity_images)
+        return cascading_randomisation(engine, inputs, classes, self.plan.sanity_stages)
+
+    def _sample_arrays(self, count: int | None = None):
+        sample = self._sample[:count]
+        return (np.stack([image.model_input for image in sample]),
+                np.stack([image.map for image in sample]),
+                np.asarray([image.predicted for image in sample]),
+                np.asarray([image.label for image in sample]))
 
     def _lung_source(self) -> str:
         if not self._lung_masks_seen:
@@ -356,47 +372,69 @@ def faithfulness(engine, inputs, maps, classes, labels, steps: int, batch_size: 
     same smoothness, plus Average Drop and Increase in Confidence (Chattopadhyay et al.
     2018). Deletion replaces pixels, most important first, with black; insertion starts from
     a blurred copy and puts the original pixels back in the same order. The class score is
-    the probability of the explained class."""
+    the probability of the explained class.
+
+    The curves' ends do not depend on the map (nothing or everything changed), so they are
+    predicted once and shared by the model's and the random curves: the original image, the
+    blurred one and the black one. Every other point is one forward pass."""
+    inputs = np.asarray(inputs, np.float32)
     fractions = np.linspace(0.0, 1.0, steps + 1)
     blurred = np.stack([_blur(image) for image in inputs])
-    random = measures.random_maps(maps.shape, seed=1234)
-    curves = {}
-    for name, stack in (("", maps), ("random ", random)):
-        deletion, insertion = _perturbation_curves(engine, inputs, blurred, stack, classes,
-                                                   fractions, batch_size)
-        curves[f"{name}deletion"], curves[f"{name}insertion"] = deletion, insertion
-    original = _class_scores(engine, inputs, classes, batch_size)
-    drop, increase = {}, {}
-    for key, stack in (("cam", maps), ("random", random)):
-        explained = _class_scores(engine, inputs * per_image(stack)[..., None], classes,
-                                  batch_size)
-        drop[key] = measures.average_drop(original, explained)
-        increase[key] = measures.increase_in_confidence(original, explained)
+    stacks = {"": maps, "random ": measures.random_maps(maps.shape, seed=1234)}
+    scores = _class_scores(engine, _perturbed(inputs, blurred, stacks, fractions[1:-1]),
+                           classes, batch_size)
+    original, black = scores["original"], scores["black"]
+    curves, drop, increase = {}, {}, {}
+    for name in stacks:
+        inner = range(len(fractions) - 2)
+        curves[f"{name}deletion"] = np.column_stack(
+            [original, *(scores[name, "deletion", k] for k in inner), black])
+        curves[f"{name}insertion"] = np.column_stack(
+            [scores["blurred"], *(scores[name, "insertion", k] for k in inner), original])
+        key = "random" if name else "cam"
+        drop[key] = measures.average_drop(original, scores[name, "weighted"])
+        increase[key] = measures.increase_in_confidence(original, scores[name, "weighted"])
     return Faithfulness(fractions, labels, curves, drop, increase)
 
 
-def _perturbation_curves(engine, inputs, blurred, maps, classes, fractions, batch_size):
+def _perturbed(inputs, blurred, stacks: dict, fractions):
+    """(key, images) for every input the faithfulness metrics score: the shared ends, each
+    map's weighted image (Average Drop), then each map's deletion and insertion images at
+    the inner `fractions`. TensorFlow makes them, on every core and without copies through
+    NumPy: at these sizes the masking costs as much as the forward passes."""
+    yield "original", inputs
+    yield "blurred", blurred
+    yield "black", np.zeros_like(inputs)
+    for name, maps in stacks.items():
+        yield (name, "weighted"), inputs * per_image(maps)[..., None]
+    n, height, width = inputs.shape[:3]
+    ranks = {name: tf.constant(_pixel_ranks(maps).reshape(n, height, width, 1))
+             for name, maps in stacks.items()}
+    inputs, blurred = tf.constant(inputs), tf.constant(blurred)
+    for k, fraction in enumerate(fractions):
+        for name, rank in ranks.items():
+            changed = rank < round(fraction * height * width)
+            yield (name, "deletion", k), tf.where(changed, 0.0, inputs)
+            yield (name, "insertion", k), tf.where(changed, inputs, blurred)
+
+
+def _pixel_ranks(maps) -> np.ndarray:
+    """(B, H*W) int32: each pixel's place in the deletion order, 0 for the most important."""
     n, height, width = maps.shape
-    rank = np.empty((n, height * width), dtype=np.int64)
-    order = measures.deletion_order(maps)
-    rank[np.arange(n)[:, None], order] = np.arange(height * width)
-    rank = rank.reshape(n, height, width, 1)
-    deletion, insertion = [], []
-    for fraction in fractions:
-        changed = rank < round(fraction * height * width)
-        deletion.append(_class_scores(engine, np.where(changed, 0.0, inputs), classes,
-                                      batch_size))
-        insertion.append(_class_scores(engine, np.where(changed, inputs, blurred), classes,
-                                       batch_size))
-    return np.stack(deletion, axis=1), np.stack(insertion, axis=1)
+    rank = np.empty((n, height * width), dtype=np.int32)
+    rank[np.arange(n)[:, None], measures.deletion_order(maps)] = np.arange(height * width)
+    return rank
 
 
-def _class_scores(engine, inputs, classes, batch_size: int) -> np.ndarray:
-    scores = [
-        engine.predict(inputs[i : i + batch_size].astype(np.float32))
-        for i in range(0, len(inputs), batch_size)
-    ]
-    return np.concatenate(scores)[np.arange(len(inputs)), classes]
+def _class_scores(engine, keyed_images, classes, batch_size: int) -> dict:
+    """key -> the explained class's probability per image, for (key, images) pairs of
+    len(classes) images each, predicted `batch_size` images at a time."""
+    rows = np.arange(len(classes))
+    return {
+        key: np.concatenate([engine.predict(images[i : i + batch_size])
+                             for i in range(0, len(classes), batch_size)])[rows, classes]
+        for key, images in keyed_images
+    }
 
 
 def _blur(image: np.ndarray) -> np.ndarray:

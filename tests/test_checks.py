@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from keras import layers
 
+from report import checks, measures
 from report.cam.engine import Explanation, GradCAM
 from report.cam.layers import trace_model
+from report.cam.normalise import per_image
 from report.checks import (
     QualityAccumulator,
     QualityPlan,
@@ -94,6 +96,52 @@ def test_faithful_maps_beat_random_ones_on_deletion_and_insertion():
     assert auc["deletion"] < auc["random deletion"]
     assert auc["insertion"] > auc["random insertion"]
     assert result.average_drop["cam"] < result.average_drop["random"]
+
+
+def reference_faithfulness(model, inputs, maps, classes, steps: int) -> dict[str, np.ndarray]:
+    """Petsiuk et al. (2018) written out image by image and step by step: at fraction f the
+    round(f * H * W) most important pixels (stable order) are set to 0 (deletion) or put
+    back into the blurred image (insertion), and the explained class's probability is read
+    from a forward pass of that one image."""
+    height, width = maps.shape[1:]
+    curves = {"deletion": [], "insertion": []}
+    for image, heatmap, c in zip(inputs, maps, classes, strict=True):
+        order = np.argsort(-heatmap.ravel(), kind="stable")
+        blurred = checks._blur(image)
+        deletion, insertion = [], []
+        for fraction in np.linspace(0, 1, steps + 1):
+            changed = np.zeros(height * width, bool)
+            changed[order[: round(fraction * height * width)]] = True
+            changed = changed.reshape(height, width, 1)
+            for curve, perturbed in ((deletion, np.where(changed, 0.0, image)),
+                                     (insertion, np.where(changed, image, blurred))):
+                probabilities = model(perturbed[None].astype(np.float32), training=False)
+                curve.append(float(np.asarray(probabilities)[0, c]))
+        curves["deletion"].append(deletion)
+        curves["insertion"].append(insertion)
+    return {name: np.array(rows) for name, rows in curves.items()}
+
+
+@pytest.mark.parametrize("n, batch_size", [(5, 4), (3, 32)])  # uneven, and one padded call
+def test_faithfulness_matches_the_per_image_reference(n, batch_size):
+    model = small_model()
+    inputs = images(n, seed=3)
+    maps = np.random.default_rng(4).random((n, SIZE, SIZE), dtype=np.float32)
+    classes = np.arange(n) % 3
+    result = faithfulness(GradCAM(model), inputs, maps, classes, np.zeros(n, int), steps=4,
+                          batch_size=batch_size)
+    expected = reference_faithfulness(model, inputs, maps, classes, steps=4)
+    for name in ("deletion", "insertion"):
+        np.testing.assert_allclose(result.curves[name], expected[name], atol=1e-5)
+    random = measures.random_maps(maps.shape, seed=1234)
+    expected_random = reference_faithfulness(model, inputs, random, classes, steps=4)
+    np.testing.assert_allclose(result.curves["random deletion"],
+                               expected_random["deletion"], atol=1e-5)
+    weighted = inputs * per_image(maps)[..., None]
+    explained = np.asarray(model(weighted, training=False))[np.arange(n), classes]
+    original = expected["deletion"][:, 0]
+    assert result.average_drop["cam"] == pytest.approx(
+        measures.average_drop(original, explained), abs=1e-5)
 
 
 def loaded(lesion: np.ndarray | None, lungs: np.ndarray | None) -> LoadedImage:

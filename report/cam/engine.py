@@ -112,8 +112,9 @@ class CAMEngine:
         return Explanation(*(tensor.numpy() for tensor in outputs))
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        """Class probabilities only (B, C): the forward pass that perturbation metrics repeat."""
-        return self._predict(tf.constant(images, tf.float32)).numpy()
+        """Class probabilities only (B, C): the forward pass that perturbation metrics repeat.
+        `images`: an array or a float32 tensor (passed on without a copy)."""
+        return self._predict(tf.convert_to_tensor(images, tf.float32)).numpy()
 
     def _probabilities(self, images: tf.Tensor) -> tf.Tensor:
         with _logits_of(self.output_layer):
