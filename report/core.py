@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from report import findings, measures, options
 from report.artifacts import ArtifactWriter
 from report.cam.engine import make_engine
+from report.checks import QualityResults
 from report.data import load_label_map, open_source, take_inventory
 from report.errors import OptionError, UserError
 from report.model import LoadedModel
@@ -44,9 +47,8 @@ def run_audit(loaded: LoadedModel, source, values: Mapping, artifacts_dir: Path,
     explained_seconds = time.perf_counter() - started
     # One part, the whole list: the same code path as merged parts (`Summary.merge`).
     streamed = explainer.summary
-    results = streamed.finish(engine, values["batch_size"])
-    audit = _measure(loaded, source, values, engine, streamed, results, skipped, data_label,
-                     Path(artifacts_dir), elapsed=time.perf_counter() - started)
+    audit, _ = measure(loaded, source, values, engine, streamed, skipped, data_label,
+                       Path(artifacts_dir), started)
     audit.metrics["time.explain_seconds"] = explained_seconds
     audit.metrics["time.quality_seconds"] = streamed.quality_seconds
     return audit
@@ -72,21 +74,38 @@ def writable_folder(folder: Path, option: str) -> Path:
     return folder
 
 
-def _measure(loaded, source, values, engine, streamed, results, skipped, data_label,
-             artifacts_dir: Path, elapsed: float) -> Audit:
+def measure(loaded, source, values, engine, streamed, skipped, data_label,
+            artifacts_dir: Path, started: float) -> tuple[Audit, QualityResults]:
     """Every metric, sentence and figure, each computed once, from `streamed` (a
-    `streaming.Summary`: one pass's, or merged parts') and its finished quality `results`."""
+    `streaming.Summary`: one pass's, or merged parts'), and the quality results they rest
+    on. `started`: the perf_counter the audit's elapsed time counts from."""
     collected = streamed.collected
     class_names = loaded.metadata.class_names
+    results = streamed.quality.results()
+    flagged = collected.flagged
+    n_flagged = len(flagged)
+    quality, batch_size = streamed.quality, values["batch_size"]
+    with (
+        threadpool_limits(limits=1, user_api="blas"),  # no third pool of spinning threads
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="sample-checks") as pool,
+    ):
+        # The sample checks are TensorFlow work that releases the GIL; the figures are
+        # Matplotlib work that holds it. So each section is drawn while the next check runs.
+        faithful = pool.submit(streamed.timed, quality.check_faithfulness, engine, batch_size)
+        sane = pool.submit(streamed.timed, quality.check_sanity, engine)
+        roc, calibration = _roc_and_calibration(results)
+        classification_figures = findings.classification_figures(roc, calibration)
+        built = {name: findings.section(name, results, n_flagged)
+                 for name in ("localisation", "shortcuts")}
+        results.faithfulness = faithful.result()
+        built["faithfulness"] = findings.section("faithfulness", results, n_flagged)
+        results.sanity = sane.result()
     y_true, y_pred = results.y_true, results.y_pred
     scores = measures.classification_quality(np.asarray(y_true), np.asarray(y_pred),
                                              class_names)
-    roc, calibration = _roc_and_calibration(results)
     inventory = take_inventory(source, class_names, streamed.explained, skipped,
                                values["limit"])
-    flagged = collected.flagged
     fingerprint = streamed.fingerprint  # hashed once: the lines are sorted on every call
-    n_flagged = len(flagged)
     metrics = {
         **scores.metrics(),
         **findings.classification_metrics(roc, calibration),
@@ -101,8 +120,7 @@ def _measure(loaded, source, values, engine, streamed, results, skipped, data_la
     metrics = {findings.metric_key(name): float(value) for name, value in metrics.items()}
     summary = findings.summary(results, metrics, scores.accuracy, len(y_pred),
                                n_flagged)
-    sections = findings.sections(results, n_flagged)
-    classification_figures = findings.classification_figures(roc, calibration)
+    sections = findings.sections(results, n_flagged, built)
     context = ReportContext(
         model_name=loaded.name,
         model_version=loaded.version or "—",
@@ -121,7 +139,7 @@ def _measure(loaded, source, values, engine, streamed, results, skipped, data_la
         confusion=scores.confusion,
         grids=collected.grids(class_names, y_true, y_pred),
         skipped=[(item.source, item.reason) for item in skipped],
-        elapsed_seconds=elapsed,
+        elapsed_seconds=time.perf_counter() - started,
         summary=summary,
         sections=sections,
         extremes=collected.extremes(),
@@ -137,7 +155,7 @@ def _measure(loaded, source, values, engine, streamed, results, skipped, data_la
         figures=[*classification_figures, *(f for s in sections for f in s.figures)],
         artifacts_dir=artifacts_dir,
         context=context,
-    )
+    ), results
 
 
 def _roc_and_calibration(results):

@@ -195,12 +195,30 @@ def _images(n: int) -> str:
     return f"{n} image" if n == 1 else f"{n} images"
 
 
-def sections(results: QualityResults, n_flagged: int) -> list[Section]:
+# The trust-check sections, in report order, each built from the quality results alone.
+_SECTIONS = {
+    "localisation": lambda results, n_flagged: _localisation_section(results),
+    "faithfulness": lambda results, n_flagged: _faithfulness_section(results),
+    "sanity": lambda results, n_flagged: _sanity_section(results),
+    "shortcuts": lambda results, n_flagged: _shortcut_section(results, n_flagged),
+}
+
+
+def section(name: str, results: QualityResults, n_flagged: int) -> Section | None:
+    """One trust-check section, as soon as the results it rests on exist (`localisation`
+    and `shortcuts` need only the stream; `faithfulness` and `sanity` their checks)."""
+    return _SECTIONS[name](results, n_flagged)
+
+
+def sections(results: QualityResults, n_flagged: int,
+             built: dict[str, Section | None] | None = None) -> list[Section]:
+    """The trust-check sections in report order; `built`: those made already."""
     if not results.plan.explanation_metrics:
         return []
-    built = [_localisation_section(results), _faithfulness_section(results),
-             _sanity_section(results), _shortcut_section(results, n_flagged)]
-    return [section for section in built if section is not None]
+    built = built or {}
+    made = [built[name] if name in built else section(name, results, n_flagged)
+            for name in _SECTIONS]
+    return [item for item in made if item is not None]
 
 
 def _localisation_section(results: QualityResults) -> Section | None:

@@ -122,7 +122,7 @@ EXPLAIN = (
            "threads that decode images and encode overlays beside the engine; 0 = one per core",
            minimum=0, maximum=64),
     Option("quality", "str", "fast",
-           "explanation-quality checks: fast samples 32 images, full 128, off none",
+           "explanation-quality checks: fast samples 16 images, full 128, off none",
            choices=QUALITY_LEVELS, label="Quality checks"),
     Option("label_map", "path", None,
            "YAML file mapping source labels to the model's classes (or null)", nullable=True),

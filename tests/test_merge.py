@@ -20,8 +20,9 @@ from tests.conftest import synthetic_films, tiny_classifier
 CLASSES = ("COVID-19", "NORMAL", "OTHER_INFECTION")
 SIZE = 48
 N_IMAGES = 40
-# Uneven parts, one of them given in reverse order: the faithfulness sample (32 images for
-# quality=fast) must still be the 32 smallest positions, not the first 32 seen.
+# Uneven parts, one of them given in reverse order: the faithfulness sample (16 images for
+# quality=fast, from all three parts) must still be the 16 smallest positions, not the first
+# 16 seen.
 PARTS = (list(range(0, 7)), list(range(7, N_IMAGES, 2))[::-1], list(range(8, N_IMAGES, 2)))
 
 
@@ -92,9 +93,8 @@ def explain_part(setup: Setup, indices: list[int], folder) -> Summary:
 
 
 def finish(setup: Setup, summary: Summary, folder) -> Outcome:
-    results = summary.finish(setup.engine, setup.values["batch_size"])
-    audit = core._measure(setup.loaded, setup.source, setup.values, setup.engine, summary,
-                          results, [], "in-memory arrays", folder, elapsed=0.0)
+    audit, results = core.measure(setup.loaded, setup.source, setup.values, setup.engine,
+                                  summary, [], "in-memory arrays", folder, started=0.0)
     return Outcome(summary, results, audit)
 
 
