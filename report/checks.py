@@ -198,7 +198,7 @@ class QualityAccumulator:
 
     def _score_shortcuts(self, positions, labels, images, maps, random) -> list[list[str]]:
         lungs = [self._lungs_of(image) for image in images]
-        # Without masks every image shares the prior: one (H, W) region, a matrix product.
+        # Without masks every image shares the prior: one (H, W) region, no (B, H, W) stack.
         shared = all(region is self._estimated_lungs for region in lungs)
         lungs = self._estimated_lungs if shared else np.stack(lungs)
         border = self._border  # one (H, W) band for every map
@@ -385,8 +385,8 @@ def faithfulness(engine, inputs, maps, classes, labels, steps: int, batch_size: 
                            classes, batch_size)
     original, black = scores["original"], scores["black"]
     curves, drop, increase = {}, {}, {}
+    inner = range(len(fractions) - 2)
     for name in stacks:
-        inner = range(len(fractions) - 2)
         curves[f"{name}deletion"] = np.column_stack(
             [original, *(scores[name, "deletion", k] for k in inner), black])
         curves[f"{name}insertion"] = np.column_stack(

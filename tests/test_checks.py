@@ -122,7 +122,7 @@ def reference_faithfulness(model, inputs, maps, classes, steps: int) -> dict[str
     return {name: np.array(rows) for name, rows in curves.items()}
 
 
-@pytest.mark.parametrize("n, batch_size", [(5, 4), (3, 32)])  # uneven, and one padded call
+@pytest.mark.parametrize("n, batch_size", [(5, 4), (3, 32)])  # uneven chunks; under a batch
 def test_faithfulness_matches_the_per_image_reference(n, batch_size):
     model = small_model()
     inputs = images(n, seed=3)
