@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -26,26 +26,34 @@ class ArtifactWriter:
     """Streams overlays, raw maps and prediction rows into a staging folder."""
 
     def __init__(self, folder: Path, class_names: tuple[str, ...], layer: str, image_size,
-                 overlay_suffix: str = ".png"):
+                 overlay_suffix: str = ".png", cams_file: str = "cams.npz",
+                 keep_rows: bool = False):
+        """`cams_file`: the map archive's name under cams/ (a shard `part-NNNNN.npz` when a
+        Spark task writes one part). `keep_rows`: prediction rows are kept as CSV lines in
+        `rows` and `skipped_rows` (image id, line) instead of written to predictions.csv,
+        for a caller that orders the rows of several parts (`write_predictions`)."""
         self.folder = Path(folder)
         self.class_names = class_names
         self.overlay_suffix = overlay_suffix
         (self.folder / "cams").mkdir(parents=True, exist_ok=True)
         # np.savez needs every array at once; writing .npy members into the zip one by one
         # keeps memory flat and still loads with np.load.
-        self._cams = zipfile.ZipFile(self.folder / "cams" / "cams.npz", "w", zipfile.ZIP_DEFLATED)
+        self._cams = zipfile.ZipFile(self.folder / "cams" / cams_file, "w", zipfile.ZIP_DEFLATED)
         self._add_array(LAYER_KEY, np.array(layer))
         self._add_array(IMAGE_SIZE_KEY, np.array(image_size, dtype=np.int32))
-        # Closed in close(): the writer outlives this call by design.
-        self._csv_file = open(  # noqa: SIM115
-            self.folder / "predictions.csv", "w", newline="", encoding="utf-8"
-        )
-        self._csv = csv.writer(self._csv_file)
-        self._csv.writerow(
-            ["image_id", "source", "true_label", "predicted_label"]
-            + [f"prob_{name}" for name in class_names]
-            + ["correct", "flags"]
-        )
+        self.rows: list[tuple[str, str]] = []
+        self.skipped_rows: list[tuple[str, str]] = []
+        if keep_rows:
+            self._csv_file = None
+            self._line = io.StringIO()
+            self._csv = csv.writer(self._line)
+        else:
+            # Closed in close(): the writer outlives this call by design.
+            self._csv_file = open(  # noqa: SIM115
+                self.folder / "predictions.csv", "w", newline="", encoding="utf-8"
+            )
+            self._csv = csv.writer(self._csv_file)
+            self._csv.writerow(predictions_header(class_names))
 
     def add_overlay(self, image_id: str, label: int | None, encoded: bytes) -> None:
         overlay_dir = self.folder / "overlays" / safe_id(self._name(label))
@@ -61,28 +69,31 @@ class ArtifactWriter:
         self.add_map(image_id, raw_map)
         correct = "" if label is None else str(label == predicted).lower()
         flags = "; ".join((["misclassified"] if correct == "false" else []) + list(flags))
-        self._csv.writerow(
-            [image_id, source, true_name, self.class_names[predicted]]
-            + [f"{p:.6f}" for p in probabilities]
-            + [correct, flags]
-        )
+        self._write_row(self.rows, image_id, [image_id, source, true_name,
+                                               self.class_names[predicted]]
+                        + [f"{p:.6f}" for p in probabilities] + [correct, flags])
 
     def add_skipped(self, image_id, source, label, reason: str) -> None:
-        self._csv.writerow(
-            [image_id, source, self._name(label), ""]
-            + [""] * len(self.class_names)
-            + ["", f"unreadable: {reason}"]
-        )
+        self._write_row(self.skipped_rows, image_id, [image_id, source, self._name(label), ""]
+                        + [""] * len(self.class_names) + ["", f"unreadable: {reason}"])
 
     def close(self) -> None:
         self._cams.close()
-        self._csv_file.close()
+        if self._csv_file is not None:
+            self._csv_file.close()
 
     def __enter__(self) -> ArtifactWriter:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def _write_row(self, kept: list[tuple[str, str]], image_id: str, row: list[str]) -> None:
+        self._csv.writerow(row)
+        if self._csv_file is None:  # keep_rows: the line, exactly as the file would hold it
+            kept.append((image_id, self._line.getvalue()))
+            self._line.seek(0)
+            self._line.truncate()
 
     def _name(self, label: int | None) -> str:
         return UNLABELLED if label is None else self.class_names[label]
@@ -94,6 +105,20 @@ class ArtifactWriter:
         member = zipfile.ZipInfo(f"{key}.npy", date_time=ZIP_EPOCH)
         member.compress_type = zipfile.ZIP_DEFLATED
         self._cams.writestr(member, buffer.getvalue())
+
+
+def predictions_header(class_names) -> list[str]:
+    return (["image_id", "source", "true_label", "predicted_label"]
+            + [f"prob_{name}" for name in class_names] + ["correct", "flags"])
+
+
+def write_predictions(path: Path, class_names, lines: Iterable[str]) -> Path:
+    """predictions.csv from CSV lines kept by writers with `keep_rows` (explained images in
+    record order, then skipped ones), as one writer would have written it."""
+    with open(path, "w", newline="", encoding="utf-8") as file:
+        csv.writer(file).writerow(predictions_header(class_names))
+        file.writelines(lines)
+    return path
 
 
 class CamMaps(Mapping):

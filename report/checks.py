@@ -151,8 +151,12 @@ class QualityAccumulator:
     """
 
     def __init__(self, plan: QualityPlan, class_names: tuple[str, ...],
-                 image_size: tuple[int, int]):
+                 image_size: tuple[int, int], keep_sample: bool = True):
+        """`keep_sample=False`: the sample is not kept while streaming; the caller adds it
+        (`keep_sample`) once it knows which images it holds (a Spark driver: shipping every
+        part's candidates would cost memory in the number of parts)."""
         self.plan = plan
+        self._keeps_sample = keep_sample
         self.class_names = class_names
         self.image_size = image_size
         # Labelled images only: (position, label, predicted class, probabilities).
@@ -186,7 +190,8 @@ class QualityAccumulator:
         flags = self._score_shortcuts(positions, labels, images, maps, random)
         self._score_localisation(positions, labels, predicted, images, maps, random)
         self._add_to_means(labels, predicted, maps)
-        self._keep_sample(positions, labels, predicted, model_inputs, maps)
+        if self._keeps_sample:
+            self.keep_sample(positions, labels, predicted, model_inputs, maps)
         return flags
 
     def _positions_for(self, count: int, positions) -> list[int]:
@@ -247,7 +252,7 @@ class QualityAccumulator:
                 self._sums[kind][index] += shown[chosen].sum(axis=0, dtype=np.float64)
                 self._counts[kind][index] += int(chosen.sum())
 
-    def _keep_sample(self, positions, labels, predicted, model_inputs, maps) -> None:
+    def keep_sample(self, positions, labels, predicted, model_inputs, maps) -> None:
         """Keep the plan's N images with the smallest positions, whatever order they come in.
         Copies, so that a kept image does not hold its whole batch in memory."""
         entering = [

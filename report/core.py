@@ -28,10 +28,14 @@ from report.streaming import Explainer
 
 
 def run_audit(loaded: LoadedModel, source, values: Mapping, artifacts_dir: Path,
-              data_label: str) -> Audit:
+              data_label: str, run_id: str | None = None) -> Audit:
     """Explain `source` with `loaded`'s model per the checked option `values` (see
     options.EXPLAIN), streaming overlays, maps and prediction rows into `artifacts_dir`.
-    `data_label` is the data as the caller named it (the `data` run param)."""
+    `data_label` is the data as the caller named it (the `data` run param).
+
+    With `backend=spark` the records are explained in partitions on a Spark cluster; when
+    there is a run (`run_id`), its tasks write overlays and map shards straight to the run's
+    artifact store, and `artifacts_dir` gets predictions.csv only."""
     metadata = loaded.metadata
     records = source.records[: values["limit"]] if values["limit"] else source.records
     if not records:
@@ -40,18 +44,31 @@ def run_audit(loaded: LoadedModel, source, values: Mapping, artifacts_dir: Path,
     engine = make_engine(values["method"], loaded.model, metadata.layer_for(values["layer"]),
                          values["score"], (*metadata.image_size, metadata.channels))
     started = time.perf_counter()
-    explainer = Explainer(values, metadata, engine)
-    with ArtifactWriter(Path(artifacts_dir), metadata.class_names, engine.target.name,
-                        metadata.image_size, explainer.overlay_suffix) as writer:
-        skipped = explainer.run(source, records, writer)
+    if values["backend"] == "spark":
+        from report import spark  # deferred: pyspark is only needed here
+
+        explained = spark.explain(loaded, source, records, values, engine,
+                                  Path(artifacts_dir), run_id)
+        streamed, skipped, backend = explained.summary, explained.skipped, explained.backend
+    else:
+        # One part, the whole list: the same code path as merged parts (`Summary.merge`).
+        streamed, skipped = _explain_here(metadata, source, records, values, engine,
+                                          Path(artifacts_dir))
+        backend = None
     explained_seconds = time.perf_counter() - started
-    # One part, the whole list: the same code path as merged parts (`Summary.merge`).
-    streamed = explainer.summary
     audit, _ = measure(loaded, source, values, engine, streamed, skipped, data_label,
-                       Path(artifacts_dir), started)
+                       Path(artifacts_dir), started, backend)
     audit.metrics["time.explain_seconds"] = explained_seconds
     audit.metrics["time.quality_seconds"] = streamed.quality_seconds
     return audit
+
+
+def _explain_here(metadata, source, records, values, engine, artifacts_dir: Path):
+    explainer = Explainer(values, metadata, engine)
+    with ArtifactWriter(artifacts_dir, metadata.class_names, engine.target.name,
+                        metadata.image_size, explainer.overlay_suffix) as writer:
+        skipped = explainer.run(source, records, writer)
+    return explainer.summary, skipped
 
 
 def open_data(data, class_names, values: Mapping):
@@ -75,10 +92,12 @@ def writable_folder(folder: Path, option: str) -> Path:
 
 
 def measure(loaded, source, values, engine, streamed, skipped, data_label,
-            artifacts_dir: Path, started: float) -> tuple[Audit, QualityResults]:
+            artifacts_dir: Path, started: float, backend: str | None = None
+            ) -> tuple[Audit, QualityResults]:
     """Every metric, sentence and figure, each computed once, from `streamed` (a
     `streaming.Summary`: one pass's, or merged parts'), and the quality results they rest
-    on. `started`: the perf_counter the audit's elapsed time counts from."""
+    on. `started`: the perf_counter the audit's elapsed time counts from; `backend`: how the
+    Settings table words where the images were explained (default: the option's value)."""
     collected = streamed.collected
     class_names = loaded.metadata.class_names
     results = streamed.quality.results()
@@ -130,7 +149,7 @@ def measure(loaded, source, values, engine, streamed, skipped, data_label,
         data_fingerprint=fingerprint,
         run_id=None,
         created=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        settings=_settings_table(values, engine, source),
+        settings=_settings_table(values, engine, source, backend),
         assumptions=list(loaded.metadata.assumed) + list(source.notes),
         class_names=list(class_names),
         n_images=len(y_pred),
@@ -174,10 +193,11 @@ def _inventory_table(inventory) -> Table:
     return Table(["Source", "Class", "Found", "Used", "Skipped", "Reasons"], rows)
 
 
-def _settings_table(values: Mapping, engine, source) -> dict[str, str]:
+def _settings_table(values: Mapping, engine, source, backend: str | None) -> dict[str, str]:
     height, width = engine.target.map_size
     automatic = " (automatic)" if values["layer"] == "auto" else ""
     rows = options.settings_rows("explain", values, resolved={
+        "backend": backend,
         "layer": engine.target.name + automatic,
         "limit": "all images" if not values["limit"] else str(values["limit"]),
         "split": None if source.applies_split else "all (arrays in memory are not split)",
@@ -193,7 +213,7 @@ def _settings_table(values: Mapping, engine, source) -> dict[str, str]:
 
 # Options that describe where files go or how the work was spread, not what was computed,
 # are not run params (class_names is logged below when it was given).
-_NOT_PARAMS = ("output_dir", "class_names", "workers")
+_NOT_PARAMS = ("output_dir", "class_names", "workers", "spark_master", "partitions")
 
 
 def _params(loaded, source, values, engine, fingerprint: str, data_label: str) -> dict:

@@ -76,6 +76,10 @@ NORMALISATIONS = {
     "image": "per image, min-max (maps are not comparable across images)",
     "global": "one scale for the whole report (maps are comparable across images)",
 }
+BACKENDS = {
+    "local": "this machine",
+    "spark": "Apache Spark",
+}
 QUALITY_LEVELS = ("full", "fast", "off")
 SPLITS = ("test", "train", "all")
 COLORMAPS = ("viridis", "jet", "inferno")
@@ -132,6 +136,15 @@ EXPLAIN = (
     Option("unsafe_deserialization", "bool", False,
            "load models holding serialized Python code (Lambda layers); only for models whose "
            "author you trust"),
+    Option("backend", "str", "local",
+           "where the images are explained: this process, or a Spark cluster (the same "
+           "report, partitions explained by executors)", choices=BACKENDS, label="Backend"),
+    Option("spark_master", "str", "local[*]",
+           "Spark master URL for backend=spark (local[N] on this machine, spark://HOST:PORT, "
+           "yarn, k8s://...); an already active Spark session is used as it is"),
+    Option("partitions", "int", 0,
+           "Spark partitions of the image list for backend=spark; 0 = Spark's default "
+           "parallelism (one per executor core)", minimum=0),
     Option("output_dir", "path", "reports",
            "folder for what the run writes locally, under a subfolder per run: the report's "
            "copy (<run id>/report.html, .pdf) on the command line, the artifact files in "

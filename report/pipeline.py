@@ -147,8 +147,9 @@ def explain(values: dict) -> ReportRun:
         tempfile.TemporaryDirectory(prefix="cxr-report-") as staging,
     ):
         try:
-            audit = core.run_audit(loaded, source, values, Path(staging), values["data"])
             run_id = run.info.run_id
+            audit = core.run_audit(loaded, source, values, Path(staging), values["data"],
+                                   run_id)
             files = sinks.write_report(audit, report_root / run_id, run_id)
             sinks.log_audit(audit, run_id, files)
         except BaseException as error:  # Ctrl-C too: the run says why and keeps what exists

@@ -231,12 +231,20 @@ class Explainer:
     few hundred bytes each); the second pass draws from those, without decoding again.
     """
 
-    def __init__(self, settings: Mapping, metadata: ModelMetadata, engine):
+    def __init__(self, settings: Mapping, metadata: ModelMetadata, engine, *,
+                 scale: float | None = None, keep_sample: bool = True, progress: bool = True):
+        """`scale`: with `normalize=global`, the shared scale when it is already known (a
+        Spark task's part, after a first pass over every part found it): overlays are then
+        drawn as their batch is explained. `keep_sample`: whether the quality accumulator
+        keeps the trust checks' sample (a Spark driver fills it itself)."""
         self.settings = settings
         self.metadata = metadata
         self.engine = engine
         self.summary = Summary(Collected(), QualityAccumulator(
-            QualityPlan.of(settings["quality"]), metadata.class_names, metadata.image_size))
+            QualityPlan.of(settings["quality"]), metadata.class_names, metadata.image_size,
+            keep_sample=keep_sample))
+        self._known_scale = scale
+        self._progress = progress
         self._positions: list[int] = []  # of the records being run, by index
         self._pending: list[tuple[object, int, list[_Map]]] = []  # normalize=global: second pass
         self._global_scale = 0.0
@@ -258,15 +266,19 @@ class Explainer:
     def overlay_suffix(self) -> str:
         return self._suffix
 
-    def run(self, source, records, writer: ArtifactWriter, positions=None) -> list[Skipped]:
+    def run(self, source, records, writer: ArtifactWriter, positions=None,
+            duplicates: Mapping[int, str] | None = None) -> list[Skipped]:
         """Explain `records`; `positions` are their indices in the full record list (by
         default 0, 1, ...), so that a part of the list run on its own gives a summary that
-        merges with the other parts' (`Summary.merge`)."""
+        merges with the other parts' (`Summary.merge`). `duplicates` (position -> the source
+        it repeats), when given, replaces finding duplicates within `records` (a part does
+        not see the others' files)."""
         self._positions = list(range(len(records)) if positions is None else positions)
         if len(self._positions) != len(records):
             raise ValueError(f"{len(self._positions)} positions for {len(records)} records")
         skipped: list[Skipped] = []
-        spill = self.settings["normalize"] == "global"  # films kept for the second pass
+        # Films kept for the second pass, when the shared scale is not known yet.
+        spill = self._second_pass
         with (
             # NumPy's BLAS keeps a spinning thread per core of its own: in a pass that
             # already runs the engine and the workers on every core, it only gets in the way.
@@ -276,8 +288,9 @@ class Explainer:
         ):
             batches = iter_batches(source, records, self.metadata.image_size,
                                    self.settings["batch_size"], skipped, pool=pool,
-                                   window=self._window)
-            with _progress(len(records), "Explaining") as progress:
+                                   window=self._window,
+                                   duplicates=self._by_index(duplicates))
+            with self._bar(len(records), "Explaining") as progress:
                 for batch in batches:
                     self._explain_batch(batch, writer, pool, films)
                     self._write_overlays(writer, keep=self._window)
@@ -286,11 +299,45 @@ class Explainer:
                 for item in skipped:
                     writer.add_skipped(item.image_id, item.source, item.label, item.reason)
                 progress.update(len(skipped))
-            if self.settings["normalize"] == "global":
+            if spill:
                 self._draw_globally_normalised(writer, pool, films)
         return skipped
 
-    def _explain_batch(self, batch: Batch, writer: ArtifactWriter, pool, films) -> None:
+    def largest_map(self, source, records, positions=None,
+                    duplicates: Mapping[int, str] | None = None) -> float:
+        """The largest value of any map `run` would draw for `records`: the shared scale of
+        `normalize=global`, for the first pass of a backend that explains parts apart."""
+        self._positions = list(range(len(records)) if positions is None else positions)
+        largest = 0.0
+        with (
+            threadpool_limits(limits=1, user_api="blas"),
+            ThreadPoolExecutor(self.workers, thread_name_prefix="cxr-worker") as pool,
+        ):
+            for batch in iter_batches(source, records, self.metadata.image_size,
+                                      self.settings["batch_size"], [], pool=pool,
+                                      window=self._window,
+                                      duplicates=self._by_index(duplicates)):
+                _, _, maps_per_image = self._maps_for(batch)
+                largest = max([largest, *(m.raw.max() for maps in maps_per_image
+                                          for m in maps)])
+        return float(largest)
+
+    @property
+    def _second_pass(self) -> bool:
+        return self.settings["normalize"] == "global" and self._known_scale is None
+
+    def _by_index(self, duplicates: Mapping[int, str] | None) -> dict[int, str] | None:
+        if duplicates is None:
+            return None
+        return {index: duplicates[position] for index, position in enumerate(self._positions)
+                if position in duplicates}
+
+    def _bar(self, total: int, description: str) -> tqdm:
+        return tqdm(total=total, desc=description, unit="img", dynamic_ncols=True,
+                    disable=not self._progress)
+
+    def _maps_for(self, batch: Batch):
+        """Model inputs, the engine's explanation and the maps to draw for each image."""
         images = preprocess(batch.pixels, self.metadata)
         explanation = self.engine.explain(images)
         maps_per_image = [
@@ -300,6 +347,10 @@ class Explainer:
         ]
         if self.engine.head.multi_label:
             self._add_other_labels(images, explanation, maps_per_image)
+        return images, explanation, maps_per_image
+
+    def _explain_batch(self, batch: Batch, writer: ArtifactWriter, pool, films) -> None:
+        images, explanation, maps_per_image = self._maps_for(batch)
         positions = [self._positions[index] for index in batch.indices]
         started = time.perf_counter()
         labels = [record.label for record in batch.records]
@@ -320,8 +371,10 @@ class Explainer:
                 self.collected.add_flag(position, record.image_id, true_name, "; ".join(flags))
             for extra in maps[1:]:
                 writer.add_map(self._key(record.image_id, extra), extra.raw)
-            if self.settings["normalize"] == "image":
-                heatmaps = per_image(np.stack([m.full for m in maps]))
+            if not self._second_pass:
+                full = np.stack([m.full for m in maps])
+                heatmaps = (per_image(full) if self._known_scale is None
+                            else by_scale(full, self._known_scale))
                 self._draw(record, position, image.pixels, maps, heatmaps, pool)
             else:
                 self._global_scale = max([self._global_scale, *(m.raw.max() for m in maps)])
@@ -351,7 +404,7 @@ class Explainer:
         stored = np.memmap(films, np.uint8, mode="r", shape=(len(self._pending), height,
                                                              width, 3))
         scale, size = self._global_scale, self.settings["batch_size"]
-        with _progress(len(self._pending), "Drawing overlays") as progress:
+        with self._bar(len(self._pending), "Drawing overlays") as progress:
             for start in range(0, len(self._pending), size):
                 chunk = self._pending[start : start + size]
                 raw = np.stack([m.raw for _, _, maps in chunk for m in maps])
@@ -408,10 +461,6 @@ def draw_and_encode(pixels, heatmap, label: str, alpha: float, colormap: str,
                     overlay_format: str) -> bytes:
     """One overlay, start to finish: run in a worker thread."""
     return encode(make_overlay(pixels, heatmap, label, alpha, colormap), overlay_format)
-
-
-def _progress(total: int, description: str) -> tqdm:
-    return tqdm(total=total, desc=description, unit="img", dynamic_ncols=True)
 
 
 def preprocess(pixels: np.ndarray, metadata: ModelMetadata) -> np.ndarray:

@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
-# System packages the integration tests use (tests/integration): Debian's Chromium, driven by
-# Playwright for the MLflow UI test, and PostgreSQL, a throw-away cluster for the server test.
+# System packages the tests use: Debian's Chromium, driven by Playwright for the MLflow UI test
+# (tests/integration), PostgreSQL, a throw-away cluster for the server test, and Java 17, the
+# JVM of the Spark backend's tests (tests/test_spark.py).
 #
 # Idempotent: installs only what is missing, and runs `apt-get update` only then. Never fails
 # the caller: where apt is unavailable (not Debian, not root, no sudo) or the install fails, it
 # says so and exits 0, and the tests that need the missing program skip with that reason.
 set -uo pipefail
 
-PACKAGES=(chromium postgresql)
+PACKAGES=(chromium postgresql openjdk-17-jre-headless)
 
 say() { echo "install-system-deps: $*"; }
 
 if ! command -v apt-get >/dev/null 2>&1 || ! command -v dpkg-query >/dev/null 2>&1; then
-    say "apt-get not available; not installing ${PACKAGES[*]} (browser/PostgreSQL tests will skip)"
+    say "apt-get not available; not installing ${PACKAGES[*]} (browser/PostgreSQL/Spark tests will skip)"
     exit 0
 fi
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from typing import TypeVar
@@ -37,6 +37,7 @@ def iter_batches(
     skipped: list[Skipped],
     pool: Executor | None = None,
     window: int = 64,
+    duplicates: Mapping[int, str] | None = None,
 ) -> Iterator[Batch]:
     """Unreadable images go to `skipped` with their reason; batches hold only readable ones.
 
@@ -46,10 +47,12 @@ def iter_batches(
     A file with the same bytes as an earlier one is skipped too ("duplicate of <first>"):
     the digest is computed anyway, and a duplicate would count twice in every metric.
     Sources whose records must stay as they are (the tutorial's arrays, arrays in memory) set
-    `keeps_duplicates = True`.
+    `keeps_duplicates = True`. A caller that found the duplicates over more records than
+    these (a Spark driver, over every part) gives them as `duplicates`: index in `records` ->
+    the source repeated.
     """
     first_by_digest: dict[str, str] = {}
-    dedupe = not source.keeps_duplicates
+    dedupe = not source.keeps_duplicates and duplicates is None
     pending = Batch([], [], [])
     loaded = ordered_map(lambda record: _load(source, record, image_size), records, pool, window)
     for index, (record, image) in enumerate(zip(records, loaded, strict=True)):
@@ -58,6 +61,8 @@ def iter_batches(
                 raise image
             if dedupe:
                 _check_duplicate(record, image, first_by_digest)
+            elif duplicates and index in duplicates:
+                raise UnreadableImage(f"duplicate of {duplicates[index]}")
         except UnreadableImage as error:
             skipped.append(
                 Skipped(record.image_id, record.source, record.label, str(error), record.dataset)

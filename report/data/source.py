@@ -8,13 +8,14 @@ class attributes declared here.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
 
 from report.data.ids import safe_id, unique_id
-from report.data.images import read_image_file, read_mask
+from report.data.images import read_bytes, read_image_file, read_mask
 from report.data.labels import LabelMap, LabelResolver, unmapped_reason, unused_note
 from report.data.listing import image_files, left_out_note
 from report.data.records import Box, LoadedImage, Record, Skipped, UnreadableImage
@@ -81,6 +82,12 @@ class ImageSource:
 
     def where(self) -> str:
         return "all images" if self.split == "all" else f"{self.split} split"
+
+    def digest(self, record: Record) -> str:
+        """The digest `load` gives the record, without decoding it: what finds duplicates
+        across parts that are read apart (backend=spark). Sources whose `load` digests
+        something other than the file's bytes keep their duplicates (`keeps_duplicates`)."""
+        return hashlib.sha256(read_bytes(Path(record.source))).hexdigest()
 
     def load(self, record: Record, image_size: tuple[int, int]) -> LoadedImage:
         """The record's file at the model's size, with its lung mask when it has one; raises

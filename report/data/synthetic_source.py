@@ -21,6 +21,7 @@ class SyntheticSource(ImageSource):
 
     name = "synthetic"
     location_optional = True  # `--data synthetic` alone
+    keeps_duplicates = True  # generated films differ by construction: nothing to look for
     confounded = False
 
     def __init__(self, class_names: tuple[str, ...], split: str, count: int = DEFAULT_COUNT):
