@@ -9,7 +9,12 @@ RSS, and one's caches do not warm another's):
    sample, as images per second;
 3. `stream`: the full streaming pass of `report.audit` (decode, engine, overlays, artifact
    writes) with `quality=off`; `stream-fast` the same with `quality=fast`, whose extra cost
-   is the difference of the two whole `audit()` calls.
+   is the difference of the two whole `audit()` calls;
+4. `spark` (with `--spark-master`): the same pass as `stream` with `backend=spark`, timed on
+   a second audit in one Spark session, after a small first one has started the JVM and the
+   Python workers (what a cluster that is already up costs). Its peak RSS is the driver's
+   Python process: the executors and the JVM are processes of their own. `spark-fast` is
+   the same with `quality=fast`, run only when asked for (`--stages`).
 
 It prints the ratios that the README's goals are stated in, and peak RSS per stage. DATA is
 any `--data` spec, or `films:COUNTxSIZE` for greyscale PNG films generated once into
@@ -28,16 +33,27 @@ from pathlib import Path
 
 import numpy as np
 
+from report.errors import OptionError
+
 STAGES = ("predict", "tutorial", "stream", "stream-fast")
+SPARK_STAGES = ("spark", "spark-fast")
 FILMS_ROOT = Path("reports") / "bench-data"
 
 
 def run_end_to_end(data: str, model_uri: str, batch_size: int, sample: int,
-                   json_path: Path | None) -> dict:
+                   json_path: Path | None, spark_master: str | None = None,
+                   only: list[str] | None = None) -> dict:
+    chosen = only or [*STAGES, *(["spark"] if spark_master else [])]
+    unknown = sorted(set(chosen) - {*STAGES, *SPARK_STAGES})
+    if unknown:
+        raise OptionError("--stages", f"unknown stage {unknown[0]!r}; choose from "
+                          f"{', '.join(STAGES + SPARK_STAGES)}")
+    if not spark_master and set(chosen) & set(SPARK_STAGES):
+        raise OptionError("--spark-master", "the spark stages need a master, e.g. local[2]")
     spec = films_folder(data) if data.startswith("films:") else data
     arguments = {"data": spec, "model_uri": model_uri, "batch_size": batch_size,
-                 "sample": sample}
-    stages = {stage: _run_stage(stage, arguments) for stage in STAGES}
+                 "sample": sample, "spark_master": spark_master}
+    stages = {stage: _run_stage(stage, arguments) for stage in chosen}
     result = {"data": data, "stages": stages, "ratios": _ratios(stages)}
     _print(result)
     if json_path:
@@ -80,15 +96,22 @@ def _run_stage(stage: str, arguments: dict) -> dict:
 
 
 def _ratios(stages: dict) -> dict:
-    predict, stream = stages["predict"]["seconds"], stages["stream"]["seconds"]
-    per_image = stages["tutorial"]["seconds"] / stages["tutorial"]["images"]
-    tutorial_total = per_image * stages["stream"]["images"]
-    return {
-        "stream / (decode + predict)": stream / predict,
-        "tutorial / stream (end to end)": tutorial_total / stream,
-        "quality=fast extra / stream": (stages["stream-fast"]["wall_seconds"]
-                                        - stages["stream"]["wall_seconds"]) / stream,
-    }
+    """The ratios whose stages ran."""
+    ratios = {}
+    if "stream" not in stages:
+        return ratios
+    stream = stages["stream"]["seconds"]
+    if "predict" in stages:
+        ratios["stream / (decode + predict)"] = stream / stages["predict"]["seconds"]
+    if "tutorial" in stages:
+        per_image = stages["tutorial"]["seconds"] / stages["tutorial"]["images"]
+        ratios["tutorial / stream (end to end)"] = per_image * stages["stream"]["images"] / stream
+    if "stream-fast" in stages:
+        ratios["quality=fast extra / stream"] = (stages["stream-fast"]["wall_seconds"]
+                                                 - stages["stream"]["wall_seconds"]) / stream
+    if "spark" in stages:
+        ratios["spark / stream (seconds)"] = stages["spark"]["seconds"] / stream
+    return ratios
 
 
 def _print(result: dict) -> None:
@@ -115,10 +138,11 @@ def _stage_main(stage: str, arguments: dict) -> None:
     share_cores_with_workers()
     model, metadata, _ = _bench_model(arguments["model_uri"])
     run = {"predict": _decode_and_predict, "tutorial": _tutorial_sample,
-           "stream": _streaming_pass, "stream-fast": _streaming_pass}[stage]
+           "stream": _streaming_pass, "stream-fast": _streaming_pass,
+           "spark": _spark_pass, "spark-fast": _spark_pass}[stage]
     started = time.perf_counter()
-    images, seconds = run(model, metadata, arguments, quality="fast" if stage == "stream-fast"
-                          else "off")
+    images, seconds = run(model, metadata, arguments,
+                          quality="fast" if stage.endswith("-fast") else "off")
     wall = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     print(json.dumps({"images": images, "seconds": seconds, "wall_seconds": wall,
@@ -171,6 +195,23 @@ def _streaming_pass(model, metadata, arguments, quality):
                              split="all", quality=quality, batch_size=arguments["batch_size"],
                              output_dir=folder)
     # The streaming pass alone; the whole call (engine set-up, checks, figures) is `wall`.
+    return int(audit.metrics["images_explained"]), audit.metrics["time.explain_seconds"]
+
+
+def _spark_pass(model, metadata, arguments, quality):
+    import report
+    from report import spark
+
+    session, _ = spark.session(arguments["spark_master"])  # active: the audits keep it
+    settings = {"class_names": list(metadata.class_names), "split": "all", "quality": quality,
+                "batch_size": arguments["batch_size"], "backend": "spark"}
+    with tempfile.TemporaryDirectory(prefix="cxr-bench-") as folder:
+        cores = session.sparkContext.defaultParallelism
+        # Start the executors' Python workers (and TensorFlow in them) before the clock.
+        report.audit(model, arguments["data"], output_dir=folder,
+                     limit=cores * arguments["batch_size"], **settings)
+        audit = report.audit(model, arguments["data"], output_dir=folder, **settings)
+    session.stop()
     return int(audit.metrics["images_explained"]), audit.metrics["time.explain_seconds"]
 
 

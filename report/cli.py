@@ -102,7 +102,8 @@ def _bench(values: dict) -> int:
         from report.bench_e2e import run_end_to_end
 
         run_end_to_end(values["end_to_end"], values["model_uri"], values["batch_size"],
-                       values["sample"], Path(values["json"]).with_suffix(".e2e.json"))
+                       values["sample"], Path(values["json"]).with_suffix(".e2e.json"),
+                       values["spark_master"], values["stages"])
         return 0
 
     run_bench(BenchSettings(values["model_uri"], values["images"], values["batch_size"],

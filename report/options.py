@@ -180,6 +180,13 @@ BENCH = (
            nullable=True),
     Option("sample", "int", 30, "images in the tutorial loop's sample (end to end)",
            minimum=1),
+    Option("spark_master", "str", None,
+           "with --end-to-end, also time the report pass with backend=spark at this master "
+           "(e.g. local[2]), in the same run", nullable=True),
+    Option("stages", "list", None,
+           "with --end-to-end, only these stages: predict, tutorial, stream, stream-fast, "
+           "spark, spark-fast (default: the first four, and spark with --spark-master)",
+           nullable=True),
 )
 
 COMMANDS: dict[str, tuple[Option, ...]] = {"explain": EXPLAIN, "train": TRAIN, "bench": BENCH}

@@ -30,7 +30,8 @@ class Audit:
         sections: the "Can the heatmaps be trusted?" sections (findings, tables, figures).
         figures: every figure of the report (SVG text), classification figures first.
         artifacts_dir: the run's artifact files as they will be logged: predictions.csv,
-            overlays/<TRUE_CLASS>/<image_id>.png, cams/cams.npz.
+            overlays/<TRUE_CLASS>/<image_id>.png, cams/cams.npz (or, with backend=spark,
+            one shard per partition, cams/part-NNNNN.npz; `maps` reads either).
         context: everything the HTML/PDF template shows.
     """
 

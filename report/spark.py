@@ -229,13 +229,18 @@ def records_frame(spark, records: list[Record], parts: list[range]):
 
 def find_duplicates(frame, job: Job) -> dict[int, str]:
     """Position -> the source it repeats, for records whose file has the bytes of a file at
-    an earlier position (what one local pass skips as "duplicate of ..."). Only the
-    duplicates reach the driver."""
+    an earlier position (what one local pass skips as "duplicate of ..."). Only files whose
+    size another file shares are read and hashed, and only the duplicates reach the
+    driver."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    digests = frame.mapInPandas(partial(digest_part, job),
-                                "position long, source string, digest string")
+    sizes = frame.mapInPandas(partial(file_size_part, job), f"{RECORDS_SCHEMA}, size long")
+    same_size = (sizes.where(F.col("size").isNotNull())
+                 .withColumn("sharing", F.count("*").over(Window.partitionBy("size")))
+                 .where(F.col("sharing") > 1).drop("size", "sharing"))
+    digests = same_size.mapInPandas(partial(digest_part, job),
+                                    "position long, source string, digest string")
     earliest = Window.partitionBy("digest").orderBy("position")
     repeats = (digests.where(F.col("digest").isNotNull())
                .withColumn("first", F.first("source").over(earliest))
@@ -383,6 +388,15 @@ def explain_part(job: Job, frames: Iterator) -> Iterator:
         notes=[(positions[0], note) for note in job.source.notes],
     )
     yield pd.DataFrame({"part": [part], "payload": [pickle.dumps(result)]})
+
+
+def file_size_part(job: Job, frames: Iterator) -> Iterator:
+    """mapInPandas: the records with their file sizes (None: unreadable, skipped later)."""
+    import pandas as pd
+
+    for frame in frames:
+        sizes = [job.source.file_size(_record(row)) for row in frame.itertuples(index=False)]
+        yield frame.assign(size=pd.array(sizes, dtype="Int64"))
 
 
 def digest_part(job: Job, frames: Iterator) -> Iterator:

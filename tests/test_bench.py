@@ -45,3 +45,29 @@ def test_end_to_end_bench_runs_every_stage_on_the_same_files(tracking_store, tmp
     assert result["ratios"]["stream / (decode + predict)"] == pytest.approx(ratio)
     assert len(list((tmp_path / "films").rglob("*.png"))) == 12
     assert "peak RSS" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_end_to_end_bench_times_the_spark_backend_beside_the_local_pass(
+        tracking_store, tmp_path, monkeypatch):
+    from report import bench_e2e, spark
+    from report.errors import OptionError, UserError
+
+    try:
+        spark.check_java()
+    except UserError as error:  # make test installs Java (scripts/install-system-deps.sh)
+        pytest.skip(str(error))
+    monkeypatch.setattr(bench_e2e, "FILMS_ROOT", tmp_path / "films")
+    with pytest.raises(OptionError, match="unknown stage 'sprak'"):
+        bench_e2e.run_end_to_end("films:12x64", "models:/absent@champion", 4, 3, None,
+                                 "local[2]", ["sprak"])
+    with pytest.raises(OptionError, match="--spark-master"):
+        bench_e2e.run_end_to_end("films:12x64", "models:/absent@champion", 4, 3, None,
+                                 None, ["spark"])
+    result = bench_e2e.run_end_to_end("films:12x64", "models:/absent@champion", 4, 3, None,
+                                      "local[2]", ["stream", "spark"])
+    stages = result["stages"]
+    assert list(stages) == ["stream", "spark"]
+    assert stages["spark"]["images"] == stages["stream"]["images"] == 12
+    assert result["ratios"] == {"spark / stream (seconds)": pytest.approx(
+        stages["spark"]["seconds"] / stages["stream"]["seconds"])}

@@ -83,6 +83,14 @@ class ImageSource:
     def where(self) -> str:
         return "all images" if self.split == "all" else f"{self.split} split"
 
+    def file_size(self, record: Record) -> int | None:
+        """The size in bytes of the file `digest` reads (None when it cannot be read): files
+        of different sizes cannot repeat each other, so only same-size files are hashed."""
+        try:
+            return Path(record.source).stat().st_size
+        except OSError:
+            return None
+
     def digest(self, record: Record) -> str:
         """The digest `load` gives the record, without decoding it: what finds duplicates
         across parts that are read apart (backend=spark). Sources whose `load` digests
