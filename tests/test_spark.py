@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 import report
-from report import core, options, spark
+from report import api, core, options, spark
 from report.data import synthetic
 from report.errors import UserError
 from tests.conftest import PROJECT_ROOT, TINY_SIZE, cli_env, tiny_classifier
@@ -152,22 +152,27 @@ def test_global_normalisation_uses_one_scale_over_every_partition(session, model
     assert not set(overlays(per_image).items()) <= shared
 
 
-def test_a_task_that_fails_on_its_first_attempt_is_retried(session, model, films, tmp_path,
-                                                           monkeypatch):
-    """Partition 1 raises on its first attempt, after some of its images were decoded;
-    Spark runs it again and the report is whole, with no file twice or missing."""
+def audit_loading_with(load, model, films, folder: Path, partitions: int):
+    """A Spark audit of `films` whose source reads each image with `load` (defined in this
+    module, which is shipped to the executors by value: they cannot import tests/)."""
     from pyspark import cloudpickle
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     values = options.resolve("explain", {"class_names": list(CLASSES), "split": "all",
                                          "batch_size": BATCH, "backend": "spark",
-                                         "partitions": 3, "output_dir": None},
-                             only=report.api.AUDIT_KEYWORDS)
-    loaded = report.api._loaded_model(model, values)
+                                         "partitions": partitions, "output_dir": None},
+                             only=api.AUDIT_KEYWORDS)
+    loaded = api._loaded_model(model, values)
     source, label = core.open_data(str(films), loaded.metadata.class_names, values)
+    source.__class__ = type(f"Loading{load.__name__}", (type(source),), {"load": load})
+    return core.run_audit(loaded, source, values, folder / "artifacts", label)
+
+
+def test_a_task_that_fails_on_its_first_attempt_is_retried(session, model, films, tmp_path):
+    """Partition 1 raises on its first attempt, as its first image is read;
+    Spark runs it again and the report is whole, with no file twice or missing."""
     marker = tmp_path / "failed-once"
-    source.__class__ = type("FailsOnce", (type(source),), {"load": _fails_once(marker)})
-    audit = core.run_audit(loaded, source, values, tmp_path / "retried", label)
+    audit = audit_loading_with(_fails_once(marker), model, films, tmp_path, partitions=3)
 
     assert marker.is_file(), "the first attempt of partition 1 should have failed"
     assert audit.metrics["images_explained"] == FILMS
@@ -189,6 +194,17 @@ def _fails_once(marker: Path):
         return original_load(self, record, image_size)
 
     return load
+
+
+def test_a_user_error_inside_a_task_reaches_the_user_as_its_one_line(session, model, films,
+                                                                     tmp_path):
+    with pytest.raises(UserError) as raised:
+        audit_loading_with(_refuses, model, films, tmp_path, partitions=2)
+    assert str(raised.value) == "data: film-001 needs a licence; ask its owner"
+
+
+def _refuses(self, record, image_size):
+    raise UserError("data: film-001 needs a licence; ask its owner")
 
 
 def test_part_ranges_are_contiguous_whole_batches():
