@@ -8,6 +8,9 @@
 
     maps = report.explain(keras_model, images)   # the engine alone, one batch
 
+    duel = report.compare("models:/cxr@champion", "models:/cxr@challenger", "synthetic")
+    duel.verdict, duel.gate("shortcut"), duel.to_pdf("compare.pdf")
+
 `audit` and `explain` are documented on themselves (`help(report.audit)`); every keyword is
 also a `python -m report explain --kebab-case` flag and an MLproject parameter. Bad values
 raise `report.OptionError` (a ValueError) naming the keyword.
@@ -17,13 +20,16 @@ Not for clinical use. These results are exploratory and have no diagnostic value
 
 from importlib import import_module
 
-__all__ = ["Audit", "Explanation", "OptionError", "UserError", "audit", "explain"]
+__all__ = ["Audit", "Comparison", "Explanation", "OptionError", "UserError", "audit", "compare",
+           "explain"]
 
 # Imported on first use: TensorFlow takes seconds to load, and `python -m report --help`
 # (which imports this package first) should not wait for it.
 _LAZY = {
     "audit": "report.api",
     "explain": "report.api",
+    "compare": "report.api",
+    "Comparison": "report.comparison",
     "Audit": "report.result",
     "Explanation": "report.cam.engine",
     "OptionError": "report.errors",

@@ -92,9 +92,39 @@ def explain(model, images, classes=None, **keywords):
     return engine.explain(preprocess(pixels, metadata), classes)
 
 
+def compare(baseline, candidate, data, **keywords):
+    """Champion against challenger: both models on the same images, their predictions and
+    explanations compared. Returns a `report.Comparison`: `verdict` (better, worse or not
+    significantly different), `accuracy` and `macro_f1` differences with paired-bootstrap
+    95% intervals, `mcnemar`, `fixed` and `broken` images, per-image map agreement
+    (`spearman`, `iou`), `newly_flagged` shortcut classes, `gate(fail_on)`, `metrics`, and
+    `to_html(path)`, `to_pdf(path)`.
+
+    baseline, candidate: keras.Model objects, model URIs or local MLflow model folders; they
+    may differ in architecture, input size and target layer, not in their classes.
+    Nothing is logged (`python -m report compare` logs a run and tags the candidate).
+    """
+    values = options.resolve("compare", {**keywords, "baseline": "in memory",
+                                         "candidate": "in memory", "data": "in memory"},
+                             only=("baseline", "candidate", "data", *COMPARE_KEYWORDS))
+    from report import comparison as comparing
+
+    loaded = [_loaded_model(model, values) for model in (baseline, candidate)]
+    if values["output_dir"] is None:
+        workspace = tempfile.TemporaryDirectory(prefix="cxr-compare-")
+        folder = Path(workspace.name)
+    else:
+        workspace, folder = None, _new_folder(Path(values["output_dir"]))
+    result = comparing.compare(*loaded, data, values, folder)
+    result._workspace = workspace
+    return result
+
+
 # The model and the data are positional; `explain` takes only the engine's options.
 AUDIT_KEYWORDS = tuple(o.name for o in options.EXPLAIN if o.name not in ("model_uri", "data"))
 _EXPLAIN_KEYWORDS = ("method", "layer", "score", "class_names", "unsafe_deserialization")
+COMPARE_KEYWORDS = tuple(o.name for o in options.COMPARE
+                         if o.name not in ("baseline", "candidate", "data"))
 
 
 def _loaded_model(model, values):
@@ -132,15 +162,16 @@ def _pixel_batch(images, metadata) -> np.ndarray:
     return pixels.astype(np.float32)
 
 
-def _declared(names: tuple[str, ...]) -> list[options.Option]:
-    return [option for option in options.EXPLAIN if option.name in names]
+def _declared(names: tuple[str, ...], declared=options.EXPLAIN) -> list[options.Option]:
+    return [option for option in declared if option.name in names]
 
 
-def _signature(first: list[inspect.Parameter], names: tuple[str, ...]) -> inspect.Signature:
+def _signature(first: list[inspect.Parameter], names: tuple[str, ...],
+               declared=options.EXPLAIN) -> inspect.Signature:
     keyword = inspect.Parameter.KEYWORD_ONLY
     return inspect.Signature(first + [
         inspect.Parameter(option.keyword, keyword, default=option.default)
-        for option in _declared(names)
+        for option in _declared(names, declared)
     ])
 
 
@@ -148,9 +179,9 @@ def _positional(*names: str) -> list[inspect.Parameter]:
     return [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names]
 
 
-def _keyword_help(names: tuple[str, ...]) -> str:
+def _keyword_help(names: tuple[str, ...], declared=options.EXPLAIN) -> str:
     lines = ["", "Keyword options (the CLI's --kebab-case flags, MLproject's parameters):"]
-    for option in _declared(names):
+    for option in _declared(names, declared):
         allowed = f" One of {', '.join(option.choices)}." if option.choices else ""
         lines.append(f"    {option.keyword}={option.default!r}: {option.help}.{allowed}")
     return "\n".join(lines)
@@ -162,3 +193,6 @@ explain.__signature__ = _signature(_positional("model", "images") + [
     inspect.Parameter("classes", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)],
     _EXPLAIN_KEYWORDS)
 explain.__doc__ += _keyword_help(_EXPLAIN_KEYWORDS)
+compare.__signature__ = _signature(_positional("baseline", "candidate", "data"),
+                                   COMPARE_KEYWORDS, options.COMPARE)
+compare.__doc__ += _keyword_help(COMPARE_KEYWORDS, options.COMPARE)

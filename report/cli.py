@@ -14,7 +14,10 @@ DESCRIPTIONS = {
     "train": "train, log and register a demo classifier",
     "explain": "explain a model's predictions; write the report into an MLflow run",
     "bench": "images per second against the alternatives",
+    "compare": "compare two model versions (champion against challenger) on the same images; "
+               "exit 3 when --fail-on's gate fails",
 }
+GATE_FAILED = 3  # `compare --fail-on`: the candidate must not be promoted
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,4 +114,21 @@ def _bench(values: dict) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "explain": _explain, "bench": _bench}
+def _compare(values: dict) -> int:
+    from report.pipeline import compare
+
+    result = compare(values)
+    print(f"verdict: the candidate is {result.verdict}"
+          + (f"; newly flagged for a shortcut: {', '.join(result.newly_flagged)}"
+             if result.newly_flagged else ""))
+    print(f"run: {result.run_id}")
+    print(f"report: {result.html}")
+    print(f"report: {result.pdf}")
+    if result.gate_failures:
+        print(f"gate --fail-on {values['fail_on']} failed: "
+              + "; ".join(result.gate_failures), file=sys.stderr)
+        return GATE_FAILED
+    return 0
+
+
+COMMANDS = {"train": _train, "explain": _explain, "bench": _bench, "compare": _compare}

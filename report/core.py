@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from report.errors import OptionError, UserError
 from report.model import LoadedModel
 from report.render import ReportContext, Table
 from report.result import Audit
-from report.streaming import Explainer
+from report.streaming import Explainer, explain_together
 
 
 def run_audit(loaded: LoadedModel, source, values: Mapping, artifacts_dir: Path,
@@ -61,6 +62,42 @@ def run_audit(loaded: LoadedModel, source, values: Mapping, artifacts_dir: Path,
     audit.metrics["time.explain_seconds"] = explained_seconds
     audit.metrics["time.quality_seconds"] = streamed.quality_seconds
     return audit
+
+
+def run_audits_together(models: list[LoadedModel], sources: list, values: Mapping,
+                        folders: list[Path], data_label: str) -> list[Audit]:
+    """`run_audit` for several models on the same images with one decode (streaming.
+    explain_together); `sources[m]` lists the images with model m's class names, in the same
+    order. Each model keeps its own input size, target layer and artifact folder."""
+    listed = [source.records[: values["limit"]] if values["limit"] else source.records
+              for source in sources]
+    if len({tuple(record.image_id for record in records) for records in listed}) != 1:
+        raise UserError(f"data: '{data_label}' lists different images for the two models' "
+                        "classes; compare on data labelled with classes both models share")
+    if not listed[0]:
+        raise UserError(f"data: no images to explain in '{data_label}' ({values['split']} "
+                        "split); choose other data or another split")
+    engines = [make_engine(values["method"], model.model, model.metadata.layer_for(
+        values["layer"]), values["score"], (*model.metadata.image_size,
+                                            model.metadata.channels)) for model in models]
+    started = time.perf_counter()
+    explainers = [Explainer(values, model.metadata, engine)
+                  for model, engine in zip(models, engines, strict=True)]
+    with ExitStack() as open_writers:
+        writers = [open_writers.enter_context(ArtifactWriter(
+            folder, model.metadata.class_names, engine.target.name, model.metadata.image_size,
+            explainer.overlay_suffix)) for model, engine, explainer, folder in zip(
+                models, engines, explainers, folders, strict=True)]
+        skipped = explain_together(explainers, sources[0], listed, writers)
+    explained_seconds = time.perf_counter() - started
+    audits = []
+    for model, source, engine, explainer, folder, own in zip(
+            models, sources, engines, explainers, folders, skipped, strict=True):
+        audit, _ = measure(model, source, values, engine, explainer.summary, own, data_label,
+                           folder, started)
+        audit.metrics["time.explain_seconds"] = explained_seconds
+        audits.append(audit)
+    return audits
 
 
 def _explain_here(metadata, source, records, values, engine, artifacts_dir: Path):
@@ -174,6 +211,7 @@ def measure(loaded, source, values, engine, streamed, skipped, data_label,
         figures=[*classification_figures, *(f for s in sections for f in s.figures)],
         artifacts_dir=artifacts_dir,
         context=context,
+        shortcut_classes=[name for name, _, _ in findings.flagged_classes(results)],
     ), results
 
 

@@ -373,3 +373,29 @@ def _legend(figure: Figure, axes, handles: list, labels: list[str], inside: str 
 def _plain(text) -> str:
     """Show ``text`` literally: escape the dollar signs matplotlib would parse as mathtext."""
     return str(text).replace("$", r"\$")
+
+
+def agreement_svg(class_names: list[str], spearman: list[np.ndarray],
+                  iou: list[np.ndarray]) -> str:
+    """Per class, the distribution over images of two agreements between two models' maps of
+    the same image: Spearman rank correlation (left) and IoU of their top regions (right).
+    Box: quartiles; whiskers: 1.5 IQR; NaN (a flat map) left out."""
+    with matplotlib.rc_context(_RC):
+        figure = _new_figure(_HALF_PAGE_WIDTH * 2, 3.2)
+        panels = figure.subplots(1, 2, sharey=True)
+        for axes, values, title, low in (
+            (panels[0], spearman, "Spearman rank correlation of the maps", -1.0),
+            (panels[1], iou, "IoU of the top-15% regions", 0.0),
+        ):
+            finite = [np.asarray(v, dtype=float)[np.isfinite(v)] for v in values]
+            positions = np.arange(len(class_names))
+            shown = [v if v.size else np.array([np.nan]) for v in finite]
+            axes.boxplot(shown, positions=positions, vert=False, widths=0.5,
+                         medianprops={"color": _PALETTE[0], "linewidth": 1.6},
+                         flierprops={"markersize": 2.5})
+            axes.set_yticks(positions, [_plain(name) for name in class_names])
+            axes.set_xlim(low - 0.05, 1.05)
+            axes.axvline(0 if low < 0 else 1, **_REFERENCE)
+            axes.set_title(title)
+        panels[0].set_ylabel("True class")
+    return _figure_to_svg(figure)

@@ -189,9 +189,31 @@ BENCH = (
            nullable=True),
 )
 
-COMMANDS: dict[str, tuple[Option, ...]] = {"explain": EXPLAIN, "train": TRAIN, "bench": BENCH}
+FAIL_ON = ("none", "worse", "shortcut", "any")
+_SHARED_WITH_COMPARE = ("split", "method", "score", "batch_size", "quality", "limit",
+                        "workers", "label_map", "class_names", "unsafe_deserialization",
+                        "output_dir")
+
+# Champion against challenger (`python -m report compare`, entry point `compare`,
+# `report.compare`): the audit's options, except those each model chooses for itself.
+COMPARE = (
+    Option("baseline", "str", "models:/cxr-classifier@champion",
+           "the model in use (the champion): a model URI or a local MLflow model folder",
+           mlproject_type="uri"),
+    Option("candidate", "str", "models:/cxr-classifier@challenger",
+           "the model that would replace it (the challenger)", mlproject_type="uri"),
+    DATA,
+    *(option for option in EXPLAIN if option.name in _SHARED_WITH_COMPARE),
+    Option("fail_on", "str", "none",
+           "exit non-zero for a CI promotion gate: worse (significantly worse accuracy), "
+           "shortcut (a class newly flagged as reading outside the lungs), any (either), none",
+           choices=FAIL_ON),
+)
+
+COMMANDS: dict[str, tuple[Option, ...]] = {"explain": EXPLAIN, "train": TRAIN, "bench": BENCH,
+                                           "compare": COMPARE}
 # MLproject entry point -> the command it runs.
-ENTRY_POINTS = {"main": "explain", "train": "train"}
+ENTRY_POINTS = {"main": "explain", "train": "train", "compare": "compare"}
 
 
 def defaults(command: str) -> dict[str, Any]:

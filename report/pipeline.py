@@ -169,3 +169,73 @@ def explain(values: dict) -> ReportRun:
         html=files[0].resolve(),
         pdf=files[1].resolve(),
     )
+
+
+# --- compare (champion against challenger, into an MLflow run) ----------------------------
+
+
+@dataclass(frozen=True)
+class CompareRun:
+    run_id: str
+    verdict: str
+    newly_flagged: list[str]
+    gate_failures: list[str]  # why --fail-on fails; empty when the gate passes
+    html: Path
+    pdf: Path
+
+
+def compare(values: dict) -> CompareRun:
+    """The `compare` command: both models on the same data, the comparison report into a
+    run of its own, and the verdict as tags on the candidate's registered version."""
+    from report import compare_report
+    from report import comparison as comparing
+
+    values = options.resolve("compare", values)
+    tracking.configure_store()
+    report_root = core.writable_folder(Path(values["output_dir"] or "reports"), "--output-dir")
+    share_cores_with_workers()
+    baseline, candidate = (tracking.load_model(values[role], values["unsafe_deserialization"],
+                                               values["class_names"])
+                           for role in ("baseline", "candidate"))
+    with (
+        tracking.start_run(run_name=f"compare-{_version_name(candidate)}-vs-"
+                                    f"{_version_name(baseline)}") as run,
+        tempfile.TemporaryDirectory(prefix="cxr-compare-") as staging,
+    ):
+        try:
+            run_id = run.info.run_id
+            comparison = comparing.compare(baseline, candidate, values["data"], values,
+                                           Path(staging))
+            files = compare_report.write(comparison, report_root / run_id, run_id)
+            tracking.log_new_params(_compare_params(values, baseline, candidate))
+            tracking.log_metrics(comparison.metrics)
+            for path in files:
+                tracking.log_artifact(path, "report")
+            pairs = Path(staging) / "pairs.csv"
+            comparison.pairs.drop(columns=[c for c in comparison.pairs if c.startswith("prob_")]
+                                  ).to_csv(pairs, index=False)
+            tracking.log_artifact(pairs)
+            tracking.set_note(compare_report.run_note(comparison))
+            tracking.tag_model_version(candidate, {"audit.compare_run_id": run_id,
+                                                   "audit.verdict": comparison.verdict})
+        except BaseException as error:
+            with contextlib.suppress(Exception):
+                tracking.record_failure(error)
+            raise
+    return CompareRun(run_id, comparison.verdict, comparison.newly_flagged,
+                      comparison.gate(values["fail_on"]), files[0].resolve(),
+                      files[1].resolve())
+
+
+def _version_name(loaded) -> str:
+    return f"{loaded.name}-v{loaded.version}" if loaded.version else loaded.name
+
+
+def _compare_params(values: dict, baseline, candidate) -> dict:
+    params = {name: value for name, value in values.items() if name not in ("output_dir",
+                                                                           "workers")}
+    for role, loaded in (("baseline", baseline), ("candidate", candidate)):
+        params[f"{role}_name"] = loaded.name
+        params[f"{role}_version"] = loaded.version or "none"
+        params[f"{role}_source"] = loaded.source
+    return {name: "none" if value is None else str(value) for name, value in params.items()}

@@ -207,6 +207,7 @@ def _environment() -> jinja2.Environment:
         percent=_format_percent,
         decimal=_format_decimal,
         count_noun=_count_noun,
+        b64=lambda payload: base64.b64encode(payload).decode("ascii"),
     )
     return environment
 

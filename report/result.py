@@ -33,6 +33,7 @@ class Audit:
             overlays/<TRUE_CLASS>/<image_id>.png, cams/cams.npz (or, with backend=spark,
             one shard per partition, cams/part-NNNNN.npz; `maps` reads either).
         context: everything the HTML/PDF template shows.
+        shortcut_classes: the classes flagged as possibly reading a shortcut.
     """
 
     metrics: dict[str, float]
@@ -42,6 +43,8 @@ class Audit:
     figures: list[Figure]
     artifacts_dir: Path
     context: ReportContext
+    # Classes whose salient maps lie past the shortcut thresholds (the Shortcuts section).
+    shortcut_classes: list[str] = field(default_factory=list)
     # Owns the artifacts folder when the caller gave none: removed with the Audit.
     _workspace: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
 

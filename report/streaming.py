@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -29,6 +29,7 @@ from report.cam.overlay import OVERLAY_FORMATS, encode, label_text, make_overlay
 from report.checks import QualityAccumulator, QualityPlan
 from report.data.batches import Batch, iter_batches
 from report.data.ids import safe_id
+from report.data.pixels import resize, resize_mask
 from report.data.records import Record, Skipped
 from report.model import ModelMetadata
 
@@ -470,3 +471,59 @@ def preprocess(pixels: np.ndarray, metadata: ModelMetadata) -> np.ndarray:
         luminance = np.array([0.299, 0.587, 0.114], dtype=np.float32)
         images = (images @ luminance)[..., None]
     return images * np.float32(metadata.scale)
+
+
+def explain_together(explainers: list[Explainer], source, records: list[list[Record]],
+                     writers: list[ArtifactWriter]) -> list[list[Skipped]]:
+    """Several models' passes over the same images with one decode (champion against
+    challenger): each film is read once, at the largest of the models' input sizes, and
+    shrunk for the others. `records[m]` are the same images with model m's labels (the
+    models may order their classes differently). Returns each model's skipped images."""
+    first = explainers[0]
+    sizes = [explainer.metadata.image_size for explainer in explainers]
+    largest = max(sizes, key=lambda size: size[0] * size[1])
+    for explainer in explainers:
+        explainer._positions = list(range(len(records[0])))
+    window = max(explainer._window for explainer in explainers)
+    skipped: list[Skipped] = []
+    with (
+        threadpool_limits(limits=1, user_api="blas"),
+        ThreadPoolExecutor(first.workers, thread_name_prefix="cxr-worker") as pool,
+        ExitStack() as files,
+    ):
+        films = [files.enter_context(tempfile.TemporaryFile(prefix="cxr-films-"))
+                 if explainer._second_pass else None for explainer in explainers]
+        batches = iter_batches(source, records[0], largest, first.settings["batch_size"],
+                               skipped, pool=pool, window=window)
+        with first._bar(len(records[0]), "Explaining with both models") as progress:
+            for batch in batches:
+                for explainer, own, writer, film in zip(explainers, records, writers, films,
+                                                        strict=True):
+                    explainer._explain_batch(_resized(batch, own, explainer.metadata),
+                                             writer, pool, film)
+                    explainer._write_overlays(writer, keep=window)
+                progress.update(len(batch.records))
+            progress.update(len(skipped))
+        per_model = []
+        for explainer, own, writer, film in zip(explainers, records, writers, films,
+                                                strict=True):
+            explainer._write_overlays(writer, keep=0)
+            labels = {record.image_id: record.label for record in own}
+            mine = [replace(item, label=labels[item.image_id]) for item in skipped]
+            for item in mine:
+                writer.add_skipped(item.image_id, item.source, item.label, item.reason)
+            if film is not None:
+                explainer._draw_globally_normalised(writer, pool, film)
+            per_model.append(mine)
+    return per_model
+
+
+def _resized(batch: Batch, records: list[Record], metadata: ModelMetadata) -> Batch:
+    """`batch` as one model sees it: its own records (labels) and its input size."""
+    size = metadata.image_size
+    images = [replace(
+        image, pixels=resize(image.pixels, size),
+        lesion_mask=None if image.lesion_mask is None else resize_mask(image.lesion_mask, size),
+        lung_mask=None if image.lung_mask is None else resize_mask(image.lung_mask, size),
+    ) for image in batch.images]
+    return Batch([records[index] for index in batch.indices], images, batch.indices)

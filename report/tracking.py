@@ -186,6 +186,15 @@ def set_note(markdown: str) -> None:
 # --- the registry ---------------------------------------------------------------------------
 
 
+def tag_model_version(loaded, tags: dict[str, str]) -> None:
+    """Tags on a registered model version (nothing for a model outside the registry)."""
+    if not loaded.version or loaded.uri is None or not loaded.uri.startswith("models:/"):
+        return
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(loaded.name, loaded.version, key, value)
+
+
 def log_and_register(
     model: keras.Model, metadata: ModelMetadata, model_name: str, alias: str
 ) -> str:
