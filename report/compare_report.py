@@ -44,6 +44,8 @@ def findings(comparison) -> list[Finding]:
                 f"and {test.broken} broken")
     verdict = comparison.verdict
     level = {BETTER: "pass", WORSE: "warn", SAME: "info"}[verdict]
+    if level == "pass" and comparison.newly_flagged:
+        level = "info"  # better by the numbers, yet not to be promoted: no green mark
     wording = {BETTER: f"The candidate {b} is better than the baseline {a}",
                WORSE: f"The candidate {b} is worse than the baseline {a}",
                SAME: f"The candidate {b} is not significantly different from the baseline {a}"}

@@ -87,11 +87,26 @@ def test_the_verdict_follows_the_test_and_the_interval(duel):
 
 def test_gates_fail_only_on_what_they_name(duel, monkeypatch):
     assert duel.gate("none") == []
+    monkeypatch.setattr(duel, "newly_flagged", [])
+    monkeypatch.setattr(duel, "verdict", comparing.SAME)
+    assert duel.gate("any") == []
     monkeypatch.setattr(duel, "newly_flagged", ["COVID-19"])
     monkeypatch.setattr(duel, "verdict", comparing.WORSE)
     assert [r.split(" ")[0] for r in duel.gate("any")] == ["the", "a"]
     assert "COVID-19" in duel.gate("shortcut")[0] and len(duel.gate("shortcut")) == 1
     assert "worse" in duel.gate("worse")[0] and len(duel.gate("worse")) == 1
+
+
+def test_a_better_candidate_with_a_new_shortcut_gets_no_green_mark(duel, monkeypatch):
+    from report import compare_report
+
+    monkeypatch.setattr(duel, "verdict", comparing.BETTER)
+    monkeypatch.setattr(duel, "newly_flagged", [])
+    assert compare_report.findings(duel)[0].level == "pass"
+    monkeypatch.setattr(duel, "newly_flagged", ["COVID-19"])
+    first, *rest = compare_report.findings(duel)
+    assert first.level == "info" and "is better than" in first.text
+    assert any(f.level == "warn" and "COVID-19" in f.text for f in rest)
 
 
 def test_the_comparison_report_has_every_part_and_the_disclaimer_on_every_page(duel,
