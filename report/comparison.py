@@ -170,7 +170,7 @@ def compare(baseline, candidate, data, values: Mapping, folder: Path) -> Compari
     if pairs.empty:
         raise UserError("no labelled image was explained by both models; compare on "
                         "labelled data")
-    return _measure(sides, names, pairs, values)
+    return _measure(sides, names, pairs)
 
 
 def _audits(models: dict, data, values: Mapping, folder: Path) -> list[Audit]:
@@ -197,18 +197,19 @@ def _pairs(a: Audit, b: Audit, names: tuple[str, ...]) -> pd.DataFrame:
         right[columns + [f"prob_{n}" for n in names]], on=["image_id", "true_label"],
         suffixes=("_baseline", "_candidate"))
     index = {name: i for i, name in enumerate(names)}
+    rows = np.arange(len(merged))
     for role in ("baseline", "candidate"):
         predicted = merged[f"predicted_label_{role}"]
-        merged[f"{role}_class"] = predicted.map(index).astype(int)
+        classes = predicted.map(index).astype(int)
+        probabilities = merged[[f"prob_{name}_{role}" for name in names]].to_numpy(float)
+        merged[f"{role}_class"] = classes
         merged[f"{role}_correct"] = predicted == merged.true_label
-        merged[f"{role}_confidence"] = [
-            row[f"prob_{label}_{role}"] for label, (_, row) in zip(predicted, merged.iterrows(),
-                                                                   strict=True)]
+        merged[f"{role}_confidence"] = probabilities[rows, classes.to_numpy()]
     merged["true_class"] = merged.true_label.map(index).astype(int)
     return merged
 
 
-def _measure(sides: list[Side], names, pairs: pd.DataFrame, values) -> Comparison:
+def _measure(sides: list[Side], names, pairs: pd.DataFrame) -> Comparison:
     y_true = pairs.true_class.to_numpy()
     pred_a, pred_b = pairs.baseline_class.to_numpy(), pairs.candidate_class.to_numpy()
     accuracy = paired.paired_bootstrap(y_true, pred_a, pred_b, paired.accuracy,

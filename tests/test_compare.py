@@ -158,3 +158,16 @@ def test_the_readme_worked_example_flags_the_confounded_challenger(tmp_path):
     names = {a.path for a in client.list_artifacts(run.info.run_id, "report")}
     assert names == {"report/compare.html", "report/compare.pdf"}
     assert PROJECT_ROOT.is_dir()
+
+
+def test_models_of_different_classes_are_refused_in_one_line(tmp_path):
+    from report import api
+    from report.errors import UserError
+
+    values = {"class_names": CLASSES, "unsafe_deserialization": False}
+    baseline = api._loaded_model(tiny_classifier(48, "a"), values)
+    candidate = api._loaded_model(tiny_classifier(48, "b"),
+                                  {**values, "class_names": ["A", "B", "C"]})
+    with pytest.raises(UserError, match="different classes") as raised:
+        comparing.compare(baseline, candidate, "synthetic:6", {}, tmp_path)
+    assert "\n" not in str(raised.value)
