@@ -92,8 +92,8 @@ class CAMEngine:
         self.target: TargetLayer = choose_target(model, trace, layer)
         # The last layer called, not `model.layers[-1]`: a subclassed model lists its layers in
         # assignment order.
-        self.output_layer = trace.output_layer
-        self.head = _head_of(self.output_layer, trace.output_units)
+        self.head_layer, kind = _head_layer(trace.calls)
+        self.head = _head_of(kind, trace.output_units)
         # A fixed signature with an open batch axis: one trace serves every batch size.
         images = tf.TensorSpec((None, *self.input_shape), tf.float32)
         classes = tf.TensorSpec((None,), tf.int32)
@@ -117,7 +117,7 @@ class CAMEngine:
         return self._predict(tf.convert_to_tensor(images, tf.float32)).numpy()
 
     def _probabilities(self, images: tf.Tensor) -> tf.Tensor:
-        with _logits_of(self.output_layer):
+        with _logits_of(self.head_layer):
             z = self.model(images, training=False)
         return self.head.probabilities(self.head.class_logits(z))
 
@@ -134,7 +134,7 @@ class CAMEngine:
 
     def _forward(self, images: tf.Tensor, tape: tf.GradientTape | None = None):
         """Target-layer activations and pre-activation class logits, in one model call."""
-        with _tap(self.target.layer, tape) as activations, _logits_of(self.output_layer):
+        with _tap(self.target.layer, tape) as activations, _logits_of(self.head_layer):
             z = self.model(images, training=False)
         return activations.value, self.head.class_logits(z)
 
@@ -287,25 +287,81 @@ def _tap(layer: keras.layers.Layer, tape: tf.GradientTape | None):
 
 
 @contextlib.contextmanager
-def _logits_of(layer: keras.layers.Layer):
-    activation = getattr(layer, "activation", None)
-    if _activation_name(activation) not in ("softmax", "sigmoid"):
+def _logits_of(head: _HeadLayer | None):
+    """The model outputs the logits while this is open: the head's softmax or sigmoid, a
+    Dense layer's own activation or a layer of its own (Activation, Softmax), is the
+    identity (inside a traced function, so the graph is built that way)."""
+    if head is None:
         yield
         return
-    object.__setattr__(layer, "activation", keras.activations.linear)
+    layer, attribute = head.layer, head.attribute
+    original = getattr(layer, attribute)
+    identity = keras.activations.linear if attribute == "activation" else _passthrough
+    object.__setattr__(layer, attribute, identity)
     try:
         yield
     finally:
-        object.__setattr__(layer, "activation", activation)
+        object.__setattr__(layer, attribute, original)
 
 
-def _activation_name(activation) -> str | None:
-    return getattr(activation, "__name__", None)
+def _passthrough(inputs, *args, **kwargs):
+    return inputs
 
 
-def _head_of(output_layer: keras.layers.Layer, units: int) -> Head:
-    name = _activation_name(getattr(output_layer, "activation", None))
+@dataclass(frozen=True)
+class _HeadLayer:
+    layer: keras.layers.Layer
+    attribute: str  # "activation" (a layer's own activation) or "call" (an activation layer)
+
+
+# Told apart by what they do, not by name: tf.nn.softmax is "softmax_v2", keras.layers.Softmax
+# has no activation attribute, and a model may end in Dropout or a linear Activation.
+_PROBE = np.array([[-1.0, 0.5, 2.0]], np.float32)
+_KINDS = {
+    "softmax": lambda v: np.exp(v) / np.exp(v).sum(axis=-1, keepdims=True),
+    "sigmoid": lambda v: 1.0 / (1.0 + np.exp(-v)),
+    "identity": lambda v: v,
+}
+
+
+def _head_layer(calls) -> tuple[_HeadLayer | None, str | None]:
+    """The layer whose softmax or sigmoid turns logits into the model's output, walking back
+    from the output past layers that change nothing at inference (a linear Activation,
+    Dropout); (None, None) when the model outputs logits."""
+    for call in reversed(calls):
+        layer = call.layer
+        if isinstance(layer, keras.Model):
+            continue  # a nested model: its own layers are in `calls` too, before it
+        if getattr(layer, "activation", None) is not None:
+            kind = _kind_of(layer.activation)
+            if kind in ("softmax", "sigmoid"):
+                return _HeadLayer(layer, "activation"), kind
+            if kind != "identity" or layer.weights:
+                return None, None
+        elif not layer.weights and (kind := _kind_of(layer)) in ("softmax", "sigmoid"):
+            return _HeadLayer(layer, "call"), kind
+        elif layer.weights or kind != "identity":
+            return None, None
+    return None, None
+
+
+def _kind_of(function) -> str | None:
+    """"softmax", "sigmoid" or "identity" when `function` (an activation, or a layer without
+    weights) computes it on a probe; None for anything else."""
+    try:
+        output = function(tf.constant(_PROBE), training=False) if isinstance(
+            function, keras.layers.Layer) else function(tf.constant(_PROBE))
+        output = np.asarray(output)
+    except Exception:  # noqa: BLE001 - not an element-wise activation: not a head
+        return None
+    for kind, expected in _KINDS.items():
+        if output.shape == _PROBE.shape and np.allclose(output, expected(_PROBE), atol=1e-5):
+            return kind
+    return None
+
+
+def _head_of(kind: str | None, units: int) -> Head:
     # A head without activation is read as logits: softmax for several units, else sigmoid.
-    if name == "sigmoid" or (name != "softmax" and units == 1):
+    if kind == "sigmoid" or (kind != "softmax" and units == 1):
         return Head("sigmoid", units)
     return Head("softmax", units)
