@@ -67,6 +67,10 @@ METHODS = {
     "gradcam++": "Grad-CAM++ (Chattopadhay et al. 2018)",
     "layercam": "LayerCAM (Jiang et al. 2021)",
     "scorecam": "Score-CAM (Wang et al. 2020)",
+    "hirescam": "HiResCAM (Draelos and Carin 2020)",
+    "xgradcam": "XGrad-CAM (Fu et al. 2020)",
+    "eigencam": "Eigen-CAM (Muhammad and Yeasin 2020)",
+    "ablationcam": "Ablation-CAM (Desai and Ramaswamy 2020)",
 }
 SCORES = {
     "logit": "pre-activation logit of the explained class",

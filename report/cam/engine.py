@@ -10,6 +10,15 @@ computed (`weights`), the way pytorch-grad-cam's BaseCAM is organised:
 - LayerCAM (Jiang et al. 2021): element-wise weights ReLU(dy_c/dA_kij).
 - Score-CAM (Wang et al. 2020): no gradients; w = softmax_k of the class score of the input
   masked by each normalised, upsampled A_k (see ScoreCAM for its memory bound).
+- HiResCAM (Draelos and Carin 2020): element-wise weights dy_c/dA_kij, so the map is
+  ReLU(sum_k dy_c/dA_k * A_k): for a head that averages the features it equals Grad-CAM, for
+  any other it shows where the score actually comes from.
+- XGrad-CAM (Fu et al. 2020): w_k = sum_ij (A_kij / sum_ab A_kab) dy_c/dA_kij, the weights
+  that satisfy the paper's sensitivity and conservation axioms.
+- Eigen-CAM (Muhammad and Yeasin 2020): no gradients and no class; the projection of A on
+  its first principal direction (first right singular vector of the (hw, K) matrix).
+- Ablation-CAM (Desai and Ramaswamy 2020): no gradients; w_k = (y_c - y_c^k) / y_c, where
+  y_c^k is the class score with channel k of A set to zero (see AblationCAM).
 
 The class score is the pre-activation logit (`score="logit"`, the paper's choice) or the
 model's probability (`score="probability"`, what the tutorial differentiated).
@@ -30,6 +39,7 @@ from report.cam.layers import (
     model_input_shape,
     observed_calls,
     trace_model,
+    transformed_calls,
 )
 from report.errors import UserError
 
@@ -205,7 +215,102 @@ class ScoreCAM(CAMEngine):
         return tf.nn.softmax(np.concatenate(scores)).numpy()
 
 
-METHODS = {m.method: m for m in (GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM)}
+class HiResCAM(CAMEngine):
+    method, title = "hirescam", "HiResCAM (Draelos and Carin 2020)"
+
+    def weights(self, activations, gradients):
+        return gradients
+
+
+class XGradCAM(CAMEngine):
+    method, title = "xgradcam", "XGrad-CAM (Fu et al. 2020)"
+
+    def weights(self, activations, gradients):
+        totals = tf.reduce_sum(activations, axis=(1, 2), keepdims=True)
+        shares = tf.math.divide_no_nan(activations, totals)
+        return tf.reduce_sum(shares * gradients, axis=(1, 2), keepdims=True)
+
+
+class EigenCAM(CAMEngine):
+    """Class-agnostic: every class of an image gets the same map. A singular vector's sign is
+    arbitrary; it is chosen so that the projection sums to a positive value."""
+
+    method, title = "eigencam", "Eigen-CAM (Muhammad and Yeasin 2020)"
+
+    def weights(self, activations, gradients):
+        shape = tf.shape(activations)
+        flat = tf.reshape(activations, (shape[0], shape[1] * shape[2], shape[3]))
+        _, _, v = tf.linalg.svd(flat)
+        first = v[:, :, 0]  # (B, K)
+        total = tf.reduce_sum(tf.linalg.matvec(flat, first), axis=1, keepdims=True)
+        first = first * tf.where(total < 0, -1.0, 1.0)
+        return first[:, None, None, :]
+
+
+class AblationCAM(CAMEngine):
+    """Forward passes only: one per channel of the target layer and image, the model run with
+    that channel of the target's output set to zero. (image, channel) pairs go through the
+    model `chunk_size` at a time, in one compiled call each, so memory holds at most
+    chunk_size inputs beside the model, whatever the batch size."""
+
+    method, title = "ablationcam", "Ablation-CAM (Desai and Ramaswamy 2020)"
+
+    def __init__(self, *args, chunk_size: int = 64, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.chunk_size = chunk_size
+        spec = tf.TensorSpec((None, *self.input_shape), tf.float32)
+        self._forward_compiled = tf.function(self._plain_forward, input_signature=[spec])
+        self._ablated_compiled = tf.function(self._ablated_scores, input_signature=[
+            spec, tf.TensorSpec((None,), tf.int32)])
+
+    def explain(self, images: np.ndarray, classes: np.ndarray | None = None) -> Explanation:
+        activations, class_logits = self._forward_compiled(tf.constant(images, tf.float32))
+        probabilities = self.head.probabilities(class_logits)
+        class_index = _chosen_classes(tf.constant(_classes_or_predicted(classes, len(images))),
+                                      probabilities).numpy()
+        scores = self._scores(class_logits).numpy()
+        chosen = scores[np.arange(len(images)), class_index]
+        channels = activations.shape[-1]
+        ablated = self._ablated_class_scores(images, class_index, channels)
+        weights = np.where(chosen[:, None] != 0, (chosen[:, None] - ablated)
+                           / np.where(chosen[:, None] != 0, chosen[:, None], 1.0), 0.0)
+        raw_maps = combine(activations, tf.constant(weights[:, None, None, :], tf.float32))
+        maps = upsample(raw_maps, self.input_shape[:2])
+        return Explanation(probabilities.numpy(), class_index, raw_maps.numpy(), maps.numpy())
+
+    def _ablated_class_scores(self, images, class_index, channels: int) -> np.ndarray:
+        """(B, K): each image's class score with each channel ablated in turn."""
+        pairs = [(b, k) for b in range(len(images)) for k in range(channels)]
+        found = np.empty((len(images), channels), np.float32)
+        for start in range(0, len(pairs), self.chunk_size):
+            chunk = pairs[start : start + self.chunk_size]
+            rows = np.array([b for b, _ in chunk])
+            ablated = np.array([k for _, k in chunk], np.int32)
+            scores = self._ablated_compiled(tf.constant(images[rows], tf.float32),
+                                            tf.constant(ablated)).numpy()
+            found[rows, ablated] = scores[np.arange(len(chunk)), class_index[rows]]
+        return found
+
+    def _plain_forward(self, images):
+        return self._forward(images)
+
+    def _ablated_scores(self, images, channels):
+        """Class scores (n, C) with channel `channels[i]` of the target set to zero for
+        image i."""
+        def ablate(outputs):
+            keep = 1.0 - tf.one_hot(channels, tf.shape(outputs)[-1], dtype=outputs.dtype)
+            return outputs * keep[:, None, None, :]
+
+        with transformed_calls(self.target.layer, ablate), _logits_of(self.head_layer):
+            z = self.model(images, training=False)
+        return self._scores(self.head.class_logits(z))
+
+    def _scores(self, class_logits):
+        return class_logits if self.score == "logit" else self.head.probabilities(class_logits)
+
+
+METHODS = {m.method: m for m in (GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM, HiResCAM,
+                                 XGradCAM, EigenCAM, AblationCAM)}
 
 
 def share_cores_with_workers() -> bool:
@@ -295,13 +400,17 @@ def _logits_of(head: _HeadLayer | None):
         yield
         return
     layer, attribute = head.layer, head.attribute
+    own = attribute in vars(layer)  # `call` normally lives on the class, not the instance
     original = getattr(layer, attribute)
     identity = keras.activations.linear if attribute == "activation" else _passthrough
     object.__setattr__(layer, attribute, identity)
     try:
         yield
     finally:
-        object.__setattr__(layer, attribute, original)
+        if own:
+            object.__setattr__(layer, attribute, original)
+        else:
+            object.__delattr__(layer, attribute)
 
 
 def _passthrough(inputs, *args, **kwargs):

@@ -153,6 +153,23 @@ def observed_calls(layer: keras.layers.Layer, observe: Callable[[Any], None]):
         object.__delattr__(layer, "call")
 
 
+@contextlib.contextmanager
+def transformed_calls(layer: keras.layers.Layer, transform: Callable[[Any], Any]):
+    """While open, every call of `layer` returns `transform(outputs)` instead of its outputs
+    (what Ablation-CAM needs: the network after the target layer, fed ablated channels).
+    Set and removed like `observed_calls`."""
+    original_call = layer.call
+
+    def call_and_transform(*args, **kwargs):
+        return transform(original_call(*args, **kwargs))
+
+    object.__setattr__(layer, "call", call_and_transform)
+    try:
+        yield
+    finally:
+        object.__delattr__(layer, "call")
+
+
 def resolve_target_layer(
     model: keras.Model, name: str | None = "auto", input_shape=None
 ) -> TargetLayer:
