@@ -33,7 +33,7 @@ import uuid
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -138,9 +138,9 @@ def explain(loaded, source, records: list[Record], values: Mapping, engine,
                       destination=Destination(str(artifacts_dir), run_id, _tracking_uri(run_id)))
             with _task_errors():
                 if not source.keeps_duplicates:
-                    job = _replace(job, duplicates=find_duplicates(frame, job))
+                    job = replace(job, duplicates=find_duplicates(frame, job))
                 if values["normalize"] == "global":
-                    job = _replace(job, scale=largest_map(frame, job))
+                    job = replace(job, scale=largest_map(frame, job))
                 merged = merge_parts(frame.mapInPandas(partial(explain_part, job),
                                                        PART_SCHEMA))
             master = spark.sparkContext.master
@@ -322,12 +322,6 @@ def _mlflow_environment() -> dict[str, str]:
     """The driver's MLflow credentials and settings, for tasks that write to the run (an
     executor on this machine inherits them anyway; one on a cluster may not)."""
     return {name: value for name, value in os.environ.items() if name.startswith("MLFLOW_")}
-
-
-def _replace(job: Job, **changes) -> Job:
-    from dataclasses import replace
-
-    return replace(job, **changes)
 
 
 @contextmanager
