@@ -69,11 +69,10 @@ def run_audits_together(models: list[LoadedModel], sources: list, values: Mappin
     """`run_audit` for several models on the same images with one decode (streaming.
     explain_together); `sources[m]` lists the images with model m's class names, in the same
     order. Each model keeps its own input size, target layer and artifact folder."""
-    listed = [source.records[: values["limit"]] if values["limit"] else source.records
+    listed = [_in_order_of(sources[0].records, source.records, data_label)
               for source in sources]
-    if len({tuple(record.image_id for record in records) for records in listed}) != 1:
-        raise UserError(f"data: '{data_label}' lists different images for the two models' "
-                        "classes; compare on data labelled with classes both models share")
+    if values["limit"]:
+        listed = [records[: values["limit"]] for records in listed]
     if not listed[0]:
         raise UserError(f"data: no images to explain in '{data_label}' ({values['split']} "
                         "split); choose other data or another split")
@@ -98,6 +97,16 @@ def run_audits_together(models: list[LoadedModel], sources: list, values: Mappin
         audit.metrics["time.explain_seconds"] = explained_seconds
         audits.append(audit)
     return audits
+
+
+def _in_order_of(first: list, records: list, data_label: str) -> list:
+    """`records` (the same images listed for another model's classes) in `first`'s order: a
+    source may list its class folders in the model's class order."""
+    by_id = {record.image_id: record for record in records}
+    if by_id.keys() != {record.image_id for record in first} or len(by_id) != len(records):
+        raise UserError(f"data: '{data_label}' lists different images for the two models' "
+                        "classes; compare on data labelled with classes both models share")
+    return [by_id[record.image_id] for record in first]
 
 
 def _explain_here(metadata, source, records, values, engine, artifacts_dir: Path):

@@ -238,4 +238,5 @@ def _compare_params(values: dict, baseline, candidate) -> dict:
         params[f"{role}_name"] = loaded.name
         params[f"{role}_version"] = loaded.version or "none"
         params[f"{role}_source"] = loaded.source
-    return {name: "none" if value is None else str(value) for name, value in params.items()}
+    return {name: "none" if value is None else ",".join(value) if isinstance(value, list)
+            else str(value) for name, value in params.items()}

@@ -171,3 +171,30 @@ def test_models_of_different_classes_are_refused_in_one_line(tmp_path):
     with pytest.raises(UserError, match="different classes") as raised:
         comparing.compare(baseline, candidate, "synthetic:6", {}, tmp_path)
     assert "\n" not in str(raised.value)
+
+
+def test_models_that_order_their_classes_differently_are_paired_by_name(tmp_path):
+    """A folder source lists its class folders in the model's class order: the two models'
+    lists of the same images differ in order and in label indices."""
+    from PIL import Image
+
+    from report import api
+    from report.data import synthetic
+
+    for index in range(9):
+        case = synthetic.generate(index, size=40)
+        folder = tmp_path / "films" / CLASSES[case.label]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(case.image[..., 0]).save(folder / f"film-{index}.png")
+    values = {"class_names": CLASSES, "unsafe_deserialization": False}
+    baseline = api._loaded_model(tiny_classifier(40, "a", seed=1), values)
+    candidate = api._loaded_model(tiny_classifier(40, "b", seed=2),
+                                  {**values, "class_names": CLASSES[::-1]})
+    settings = report.options.resolve("compare", {"split": "all", "quality": "off"})
+    result = comparing.compare(baseline, candidate, str(tmp_path / "films"), settings,
+                               tmp_path / "out")
+    assert len(result.pairs) == 9
+    truth = {row.image_id: row.true_label for row in result.pairs.itertuples()}
+    for side in (result.baseline, result.candidate):
+        rows = side.audit.predictions
+        assert dict(zip(rows.image_id, rows.true_label, strict=True)) == truth
