@@ -242,6 +242,7 @@ class QualityAccumulator:
             self.localisation.add(prefix + "pointing", measures.pointing_hits(stack, masks))
             self.localisation.add(prefix + "energy", measures.energy_inside(stack, masks))
             self.localisation.add(prefix + "iou", measures.iou_at(stack, masks))
+            self.localisation.add(prefix + "otsu_iou", measures.otsu_iou(stack, masks))
 
     def _add_to_means(self, labels, predicted, maps) -> None:
         shown = per_image(maps)
