@@ -173,7 +173,37 @@ class LayerCAM(CAMEngine):
         return tf.nn.relu(gradients)
 
 
-class ScoreCAM(CAMEngine):
+class _ForwardOnlyCAM(CAMEngine):
+    """Methods that weigh channels by forward passes alone (no gradients), `chunk_size`
+    model inputs at a time."""
+
+    def __init__(self, *args, chunk_size: int = 64, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.chunk_size = chunk_size
+        self._spec = tf.TensorSpec((None, *self.input_shape), tf.float32)
+        self._forward_compiled = tf.function(self._plain_forward, input_signature=[self._spec])
+
+    def _plain_forward(self, images):
+        return self._forward(images)
+
+    def _predicted(self, images: np.ndarray, classes: np.ndarray | None):
+        """Target activations, class logits, probabilities and the class each map explains."""
+        activations, class_logits = self._forward_compiled(tf.constant(images, tf.float32))
+        probabilities = self.head.probabilities(class_logits)
+        class_index = _chosen_classes(tf.constant(_classes_or_predicted(classes, len(images))),
+                                      probabilities).numpy()
+        return activations, class_logits, probabilities, class_index
+
+    def _scores(self, class_logits):
+        return class_logits if self.score == "logit" else self.head.probabilities(class_logits)
+
+    def _explanation(self, probabilities, class_index, activations, weights) -> Explanation:
+        raw_maps = combine(activations, tf.constant(weights[:, None, None, :], tf.float32))
+        maps = upsample(raw_maps, self.input_shape[:2])
+        return Explanation(probabilities.numpy(), class_index, raw_maps.numpy(), maps.numpy())
+
+
+class ScoreCAM(_ForwardOnlyCAM):
     """Forward passes only. Each image needs one pass per channel of the target layer; the
     masked copies go through the model `chunk_size` at a time, so beyond the model itself
     memory holds at most chunk_size x H x W x C float32 inputs (64 x 237 x 237 x 3 = 43 MB)
@@ -181,27 +211,13 @@ class ScoreCAM(CAMEngine):
 
     method, title = "scorecam", "Score-CAM (Wang et al. 2020)"
 
-    def __init__(self, *args, chunk_size: int = 64, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.chunk_size = chunk_size
-        spec = tf.TensorSpec((None, *self.input_shape), tf.float32)
-        self._forward_compiled = tf.function(self._plain_forward, input_signature=[spec])
-
     def explain(self, images: np.ndarray, classes: np.ndarray | None = None) -> Explanation:
-        activations, class_logits = self._forward_compiled(tf.constant(images, tf.float32))
-        probabilities = self.head.probabilities(class_logits)
-        class_index = _chosen_classes(tf.constant(_classes_or_predicted(classes, len(images))),
-                                      probabilities).numpy()
+        activations, _, probabilities, class_index = self._predicted(images, classes)
         weights = np.stack([
             self._channel_weights(images[b], activations[b], class_index[b])
             for b in range(len(images))
         ])
-        raw_maps = combine(activations, tf.constant(weights[:, None, None, :]))
-        maps = upsample(raw_maps, self.input_shape[:2])
-        return Explanation(probabilities.numpy(), class_index, raw_maps.numpy(), maps.numpy())
-
-    def _plain_forward(self, images):
-        return self._forward(images)
+        return self._explanation(probabilities, class_index, activations, weights)
 
     def _channel_weights(self, image, activations, class_index) -> np.ndarray:
         masks = channel_masks(activations, self.input_shape[:2])  # (K, H, W)
@@ -209,9 +225,7 @@ class ScoreCAM(CAMEngine):
         for start in range(0, masks.shape[0], self.chunk_size):
             masked = image[None] * masks[start : start + self.chunk_size, :, :, None]
             _, class_logits = self._forward_compiled(masked)
-            chosen = class_logits if self.score == "logit" else self.head.probabilities(
-                class_logits)
-            scores.append(chosen[:, class_index].numpy())
+            scores.append(self._scores(class_logits)[:, class_index].numpy())
         return tf.nn.softmax(np.concatenate(scores)).numpy()
 
 
@@ -247,7 +261,7 @@ class EigenCAM(CAMEngine):
         return first[:, None, None, :]
 
 
-class AblationCAM(CAMEngine):
+class AblationCAM(_ForwardOnlyCAM):
     """Forward passes only: one per channel of the target layer and image, the model run with
     that channel of the target's output set to zero. (image, channel) pairs go through the
     model `chunk_size` at a time, in one compiled call each, so memory holds at most
@@ -255,28 +269,21 @@ class AblationCAM(CAMEngine):
 
     method, title = "ablationcam", "Ablation-CAM (Desai and Ramaswamy 2020)"
 
-    def __init__(self, *args, chunk_size: int = 64, **kwargs):
+    def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.chunk_size = chunk_size
-        spec = tf.TensorSpec((None, *self.input_shape), tf.float32)
-        self._forward_compiled = tf.function(self._plain_forward, input_signature=[spec])
         self._ablated_compiled = tf.function(self._ablated_scores, input_signature=[
-            spec, tf.TensorSpec((None,), tf.int32)])
+            self._spec, tf.TensorSpec((None,), tf.int32)])
 
     def explain(self, images: np.ndarray, classes: np.ndarray | None = None) -> Explanation:
-        activations, class_logits = self._forward_compiled(tf.constant(images, tf.float32))
-        probabilities = self.head.probabilities(class_logits)
-        class_index = _chosen_classes(tf.constant(_classes_or_predicted(classes, len(images))),
-                                      probabilities).numpy()
+        activations, class_logits, probabilities, class_index = self._predicted(images,
+                                                                                  classes)
         scores = self._scores(class_logits).numpy()
         chosen = scores[np.arange(len(images)), class_index]
         channels = activations.shape[-1]
         ablated = self._ablated_class_scores(images, class_index, channels)
         weights = np.where(chosen[:, None] != 0, (chosen[:, None] - ablated)
                            / np.where(chosen[:, None] != 0, chosen[:, None], 1.0), 0.0)
-        raw_maps = combine(activations, tf.constant(weights[:, None, None, :], tf.float32))
-        maps = upsample(raw_maps, self.input_shape[:2])
-        return Explanation(probabilities.numpy(), class_index, raw_maps.numpy(), maps.numpy())
+        return self._explanation(probabilities, class_index, activations, weights)
 
     def _ablated_class_scores(self, images, class_index, channels: int) -> np.ndarray:
         """(B, K): each image's class score with each channel ablated in turn."""
@@ -291,9 +298,6 @@ class AblationCAM(CAMEngine):
             found[rows, ablated] = scores[np.arange(len(chunk)), class_index[rows]]
         return found
 
-    def _plain_forward(self, images):
-        return self._forward(images)
-
     def _ablated_scores(self, images, channels):
         """Class scores (n, C) with channel `channels[i]` of the target set to zero for
         image i."""
@@ -304,9 +308,6 @@ class AblationCAM(CAMEngine):
         with transformed_calls(self.target.layer, ablate), _logits_of(self.head_layer):
             z = self.model(images, training=False)
         return self._scores(self.head.class_logits(z))
-
-    def _scores(self, class_logits):
-        return class_logits if self.score == "logit" else self.head.probabilities(class_logits)
 
 
 METHODS = {m.method: m for m in (GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM, HiResCAM,
