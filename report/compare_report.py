@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from report import figures, render
+from report import figures, paired, render
 from report.comparison import (
     BETTER,
     DRIFT_SPEARMAN,
@@ -18,6 +18,8 @@ from report.comparison import (
     SAME,
     TRUST_METRICS,
     WORSE,
+    finite_median,
+    overlay_of,
 )
 from report.render import Finding, Table
 
@@ -50,7 +52,7 @@ def findings(comparison) -> list[Finding]:
                WORSE: f"The candidate {b} is worse than the baseline {a}",
                SAME: f"The candidate {b} is not significantly different from the baseline {a}"}
     lines = [Finding(level, f"{wording[verdict]}: {evidence}.")]
-    spearman = _median(comparison.spearman)
+    spearman = finite_median(comparison.spearman)
     if comparison.drifted:
         lines.append(Finding("warn", f"The explanations drifted: the two models' maps of the "
                              f"same image have a median rank correlation of {spearman:.2f} "
@@ -94,7 +96,7 @@ def render_html(comparison, run_id: str | None = None) -> str:
         fixed=_flip_pairs(comparison.fixed), broken=_flip_pairs(comparison.broken),
         n_fixed=len(comparison.fixed), n_broken=len(comparison.broken),
         agreement=Table(["Class", "Images", "Median Spearman", "Median IoU (top 15%)"], [
-            [name, str(len(rho)), _number(_median(rho)), _number(_median(iou))]
+            [name, str(len(rho)), _number(finite_median(rho)), _number(finite_median(iou))]
             for name, (rho, iou) in by_class.items()]),
         agreement_svg=_svg_uri(figures.agreement_svg(
             list(by_class), [v[0] for v in by_class.values()],
@@ -161,15 +163,13 @@ def _agreement_by_class(comparison) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def _least_agreeing(comparison) -> list[Pair]:
-    from report.comparison import _overlay
-
     order = np.argsort(np.where(np.isfinite(comparison.spearman), comparison.spearman, 2.0),
                        kind="stable")[:LEAST_AGREEING_SHOWN]
     pairs = comparison.pairs.iloc[order]
     sides = (comparison.baseline, comparison.candidate)
     return [Pair(row.image_id, f"{row.image_id} ({row.true_label}): Spearman "
                  f"{comparison.spearman[i]:.2f}, IoU {comparison.iou[i]:.2f}",
-                 tuple(_overlay(side.audit, row.true_label, row.image_id) for side in sides))
+                 tuple(overlay_of(side.audit, row.true_label, row.image_id) for side in sides))
             for i, (_, row) in zip(order, pairs.iterrows(), strict=True)]
 
 
@@ -182,11 +182,9 @@ def _flip_pairs(flips) -> list[Pair]:
 
 
 def _macro_f1(comparison, role: str) -> float:
-    from sklearn.metrics import f1_score
-
     pairs = comparison.pairs
-    return float(f1_score(pairs.true_class, pairs[f"{role}_class"], average="macro",
-                          labels=list(range(len(comparison.class_names))), zero_division=0))
+    return paired.macro_f1(len(comparison.class_names))(pairs.true_class.to_numpy(),
+                                                        pairs[f"{role}_class"].to_numpy())
 
 
 def _interval(interval, percent: bool = False) -> str:
@@ -207,11 +205,6 @@ def _percent(value) -> str:
 def _number(value) -> str:
     return render._format_decimal(None if value is None else float(value), 2)
 
-
-def _median(values) -> float:
-    values = np.asarray(values, dtype=float)
-    values = values[np.isfinite(values)]
-    return float(np.median(values)) if values.size else float("nan")
 
 
 def run_note(comparison) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from report import core, paired
+from report import core, options, paired
 from report.data.ids import safe_id
 from report.errors import UserError
 from report.result import Audit
@@ -145,8 +145,8 @@ class Comparison:
             "compare.mcnemar_p": self.mcnemar.p_value,
             "compare.fixed": self.mcnemar.fixed,
             "compare.broken": self.mcnemar.broken,
-            "compare.maps.spearman_median": _median(self.spearman),
-            "compare.maps.top15_iou_median": _median(self.iou),
+            "compare.maps.spearman_median": finite_median(self.spearman),
+            "compare.maps.top15_iou_median": finite_median(self.iou),
             "compare.newly_flagged_classes": len(self.newly_flagged),
             "compare.better": float(self.verdict == BETTER),
             "compare.worse": float(self.verdict == WORSE),
@@ -175,11 +175,11 @@ def compare(baseline, candidate, data, values: Mapping, folder: Path) -> Compari
 
 def _audits(models: dict, data, values: Mapping, folder: Path) -> list[Audit]:
     """Both models' audits of `data` in one pass: each film decoded once."""
-    explain_values = {**values, "layer": "auto", "normalize": "image", "alpha": 0.5,
-                      "colormap": "viridis", "overlay_format": "png", "class_names": None,
-                      "backend": "local", "spark_master": "local[*]", "partitions": 0}
-    for name in ("baseline", "candidate", "fail_on"):
-        explain_values.pop(name, None)
+    # The audit's defaults for what each model chooses for itself (its layer) or what a
+    # comparison does not offer (drawing, the backend), the comparison's values for the rest.
+    explain = options.defaults("explain")
+    shared = {name: value for name, value in values.items() if name in explain}
+    explain_values = {**explain, **shared, "class_names": None}
     opened = [core.open_data(data, model.metadata.class_names, explain_values)
               for model in models.values()]
     folders = [core.writable_folder(folder / role, "output_dir") for role in models]
@@ -222,7 +222,7 @@ def _measure(sides: list[Side], names, pairs: pd.DataFrame) -> Comparison:
                                    pairs.candidate_correct.to_numpy())
     spearman, iou = _map_agreement(sides, pairs.image_id.tolist())
     flagged = [set(side.audit.shortcut_classes) for side in sides]
-    drifted = bool(np.isfinite(spearman).any() and _median(spearman) < DRIFT_SPEARMAN)
+    drifted = bool(np.isfinite(spearman).any() and finite_median(spearman) < DRIFT_SPEARMAN)
     return Comparison(
         baseline=sides[0], candidate=sides[1], class_names=names, pairs=pairs,
         accuracy=accuracy, macro_f1=macro_f1, per_class=per_class, mcnemar=mcnemar,
@@ -270,19 +270,19 @@ def _flips(sides: list[Side], pairs: pd.DataFrame, chosen) -> list[Flip]:
             candidate_label=row.predicted_label_candidate,
             baseline_confidence=float(row.baseline_confidence),
             candidate_confidence=float(row.candidate_confidence),
-            overlays=tuple(_overlay(side.audit, row.true_label, row.image_id)
+            overlays=tuple(overlay_of(side.audit, row.true_label, row.image_id)
                            if len(flips) < FLIPPED_SHOWN else None for side in sides),
         ))
     return flips
 
 
-def _overlay(audit: Audit, true_label: str, image_id: str) -> bytes | None:
+def overlay_of(audit: Audit, true_label: str, image_id: str) -> bytes | None:
     folder = audit.artifacts_dir / "overlays" / safe_id(true_label)
     found = sorted(folder.glob(f"{image_id}.*"))
     return found[0].read_bytes() if found else None
 
 
-def _median(values: np.ndarray) -> float:
+def finite_median(values) -> float:
     finite = np.asarray(values, dtype=float)
     finite = finite[np.isfinite(finite)]
     return float(np.median(finite)) if finite.size else float("nan")
