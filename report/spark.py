@@ -47,6 +47,8 @@ RECORDS_SCHEMA = ("position long, image_id string, source string, label int, "
                   "source_label string, dataset string, mask string, boxes string")
 PART_SCHEMA = "part int, payload binary"
 PANDAS_WARNING = "ignore:PySpark does not yet fully support pandas:FutureWarning"
+PYSPARK_MISSING = ("backend=spark needs pyspark, the project's `spark` extra: pip install "
+                   "'cxr-gradcam-report[spark]' (under mlflow run: --env-manager conda or local)")
 JAVA_MISSING = ("backend=spark needs Java 17 or later, and none was found; install it "
                 "(Debian/Ubuntu: apt-get install openjdk-17-jre-headless) or set JAVA_HOME")
 
@@ -166,8 +168,7 @@ def session(master: str):
     try:
         from pyspark.sql import SparkSession
     except ImportError as error:
-        raise UserError("backend=spark needs pyspark; install the project with its "
-                        "dependencies (pip install -e .)") from error
+        raise UserError(PYSPARK_MISSING) from error
     active = SparkSession.getActiveSession()
     if active is not None:
         return active, False

@@ -229,6 +229,16 @@ def test_missing_java_is_a_one_line_error_that_says_what_to_install(monkeypatch,
         spark.check_java()
 
 
+def test_a_missing_pyspark_names_the_extra_that_brings_it(monkeypatch):
+    # pyspark is the `spark` extra, not a dependency: an install without it is told how.
+    for name in [n for n in sys.modules if n == "pyspark" or n.startswith("pyspark.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "pyspark", None)  # import pyspark.* raises ImportError
+    with pytest.raises(UserError, match=r"cxr-gradcam-report\[spark\]") as raised:
+        spark.session("local[1]")
+    assert "\n" not in str(raised.value)
+
+
 def test_the_cli_names_a_missing_java_in_one_line(registered_store, tmp_path):
     env = {**registered_store, "JAVA_HOME": str(tmp_path / "no-jdk"),
            "PATH": str(Path(sys.executable).parent)}  # no java on it
