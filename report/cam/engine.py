@@ -20,6 +20,14 @@ computed (`weights`), the way pytorch-grad-cam's BaseCAM is organised:
 - Ablation-CAM (Desai and Ramaswamy 2020): no gradients; w_k = (y_c - y_c^k) / y_c, where
   y_c^k is the class score with channel k of A set to zero (see AblationCAM).
 
+Two baselines share the engine so that every trust check can score them beside a method, as
+references a method must beat, not as explanations:
+
+- RandomCAM: ReLU(sum_k w_k * A_k) with w_k drawn uniformly from [-1, 1] (pytorch-grad-cam's
+  RandomCAM): the model's features, weighed by nothing the model computed.
+- Sobel: the edge strength of the input itself; it never looks at the model, so a method that
+  scores like it shows the image, not the model.
+
 The class score is the pre-activation logit (`score="logit"`, the paper's choice) or the
 model's probability (`score="probability"`, what the tutorial differentiated).
 """
@@ -29,6 +37,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
+import cv2
 import keras
 import numpy as np
 import tensorflow as tf
@@ -90,6 +99,7 @@ class CAMEngine:
 
     method = "base"
     title = ""
+    baseline = False  # a reference to score methods against, not an explanation
 
     def __init__(self, model: keras.Model, layer: str | None = "auto", score: str = "logit",
                  input_shape=None):
@@ -310,8 +320,44 @@ class AblationCAM(_ForwardOnlyCAM):
         return self._scores(self.head.class_logits(z))
 
 
+class RandomCAM(_ForwardOnlyCAM):
+    """The target layer's features under uniform random channel weights in [-1, 1]. Each call
+    draws from `seed`, so a sample gets the same maps on every run."""
+
+    method, title, baseline = "randomcam", "RandomCAM (random channel weights)", True
+    seed = 0
+
+    def explain(self, images: np.ndarray, classes: np.ndarray | None = None) -> Explanation:
+        activations, _, probabilities, class_index = self._predicted(images, classes)
+        rng = np.random.default_rng(self.seed)
+        weights = rng.uniform(-1.0, 1.0, (len(images), activations.shape[-1]))
+        return self._explanation(probabilities, class_index, activations, weights)
+
+
+class SobelMap(_ForwardOnlyCAM):
+    """The gradient magnitude of the input's grey level (3 x 3 Sobel): where the ribs, the
+    heart border and burned-in markers are. The model only predicts the classes."""
+
+    method, title, baseline = "sobel", "Sobel edges (ignores the model)", True
+
+    def explain(self, images: np.ndarray, classes: np.ndarray | None = None) -> Explanation:
+        _, _, probabilities, class_index = self._predicted(images, classes)
+        maps = np.stack([sobel_edges(image) for image in np.asarray(images, np.float32)])
+        return Explanation(probabilities.numpy(), class_index, maps, maps)
+
+
+def sobel_edges(image: np.ndarray) -> np.ndarray:
+    """(H, W, C) -> (H, W) float32: sqrt(Gx^2 + Gy^2) of the channel mean, borders reflected
+    (OpenCV's default)."""
+    grey = np.ascontiguousarray(image.mean(axis=-1), dtype=np.float32)
+    across = cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3)
+    down = cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3)
+    return np.hypot(across, down)
+
+
 METHODS = {m.method: m for m in (GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM, HiResCAM,
                                  XGradCAM, EigenCAM, AblationCAM)}
+BASELINES = {m.method: m for m in (RandomCAM, SobelMap)}
 
 
 def share_cores_with_workers() -> bool:
@@ -329,9 +375,11 @@ def share_cores_with_workers() -> bool:
 
 def make_engine(method: str, model: keras.Model, layer: str | None = "auto",
                 score: str = "logit", input_shape=None) -> CAMEngine:
-    if method not in METHODS:
+    """A method's engine, or a baseline's (`BASELINES`, for the trust checks and `methods`)."""
+    known = METHODS | BASELINES
+    if method not in known:
         raise UserError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}")
-    return METHODS[method](model, layer, score, input_shape)
+    return known[method](model, layer, score, input_shape)
 
 
 def combine(activations: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:

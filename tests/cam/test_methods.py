@@ -7,7 +7,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from report.cam.engine import AblationCAM, EigenCAM, GradCAM, HiResCAM, XGradCAM
+from report.cam.engine import (
+    AblationCAM,
+    EigenCAM,
+    GradCAM,
+    HiResCAM,
+    RandomCAM,
+    SobelMap,
+    XGradCAM,
+    make_engine,
+)
 from report.cam.normalise import per_image
 from tests.cam.test_gradcam import (
     assert_matches,
@@ -118,3 +127,77 @@ def test_eigencam_gives_every_class_the_same_map(small_model):
     maps = [engine.explain(batch, np.full(2, c)).raw_maps for c in range(3)]
     np.testing.assert_allclose(maps[0], maps[1], atol=1e-6)
     np.testing.assert_allclose(maps[0], maps[2], atol=1e-6)
+
+
+# --- baselines ------------------------------------------------------------------------------
+
+
+def reference_randomcam(features_of, logits_of, images, seed):
+    """pytorch-grad-cam's RandomCAM: w_k ~ U(-1, 1) per image and channel, then the shared
+    ReLU(sum_k w_k A_k), written as a loop over channels."""
+    rng = np.random.default_rng(seed)
+    features = np.asarray(features_of(images), dtype=np.float64)
+    weights = rng.uniform(-1.0, 1.0, (len(images), features.shape[-1]))
+    maps = []
+    for a, w in zip(features, weights, strict=True):
+        total = np.zeros(a.shape[:2])
+        for k in range(a.shape[-1]):
+            total += w[k] * a[..., k]
+        maps.append(np.maximum(total, 0.0))
+    classes = np.argmax(np.asarray(logits_of(features.astype(np.float32))), axis=-1)
+    return classes, np.stack(maps)
+
+
+def reference_sobel(image):
+    """Sobel (1968): Gx and Gy by their 3 x 3 kernels on the channel mean, borders reflected
+    without repeating the edge pixel (OpenCV's BORDER_REFLECT_101), then sqrt(Gx^2 + Gy^2)."""
+    grey = image.astype(np.float64).mean(axis=-1)
+    padded = np.pad(grey, 1, mode="reflect")
+    gx_kernel = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], dtype=np.float64)
+    out = np.zeros_like(grey)
+    for i in range(grey.shape[0]):
+        for j in range(grey.shape[1]):
+            window = padded[i : i + 3, j : j + 3]
+            out[i, j] = np.hypot((window * gx_kernel).sum(), (window * gx_kernel.T).sum())
+    return out
+
+
+def test_randomcam_matches_random_channel_weights(small_model):
+    model, features_of = small_model
+    batch = images(3, seed=35)
+    engine = RandomCAM(model)
+    explanation = engine.explain(batch)
+    classes, expected = reference_randomcam(features_of, head_logits(model), batch, engine.seed)
+    np.testing.assert_array_equal(explanation.class_index, classes)
+    np.testing.assert_allclose(explanation.raw_maps, expected, atol=1e-4, rtol=1e-4)
+    again = engine.explain(batch)  # the same sample gets the same maps
+    np.testing.assert_array_equal(again.raw_maps, explanation.raw_maps)
+
+
+def test_sobel_baseline_is_the_edge_map_of_the_input_and_ignores_the_model(small_model):
+    model, _ = small_model
+    batch = images(2, seed=36)
+    explanation = SobelMap(model).explain(batch)
+    for got, image in zip(explanation.maps, batch, strict=True):
+        np.testing.assert_allclose(got, reference_sobel(image), atol=1e-4, rtol=1e-4)
+    # The model predicts the classes; its weights play no part in the map.
+    np.testing.assert_array_equal(explanation.class_index,
+                                  GradCAM(model).explain(batch).class_index)
+    for variable in model.trainable_weights[:1]:
+        saved = variable.numpy()
+        variable.assign(np.zeros_like(saved))
+        try:
+            np.testing.assert_array_equal(SobelMap(model).explain(batch).maps,
+                                          explanation.maps)
+        finally:
+            variable.assign(saved)
+
+
+def test_baselines_are_engines_but_not_report_methods(small_model):
+    from report.options import METHODS
+
+    model, _ = small_model
+    for name in ("randomcam", "sobel"):
+        assert make_engine(name, model).baseline
+        assert name not in METHODS
+    assert not make_engine("gradcam", model).baseline
