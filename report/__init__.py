@@ -11,6 +11,9 @@
     duel = report.compare("models:/cxr@champion", "models:/cxr@challenger", "synthetic")
     duel.verdict, duel.gate("shortcut"), duel.to_pdf("compare.pdf")
 
+    ranking = report.rank_methods("models:/cxr@champion", "synthetic")  # which CAM method
+    ranking.recommended, ranking.metrics()
+
 `audit` and `explain` are documented on themselves (`help(report.audit)`); every keyword is
 also a `python -m report explain --kebab-case` flag and an MLproject parameter. Bad values
 raise `report.OptionError` (a ValueError) naming the keyword.
@@ -20,8 +23,8 @@ Not for clinical use. These results are exploratory and have no diagnostic value
 
 from importlib import import_module
 
-__all__ = ["Audit", "Comparison", "Explanation", "OptionError", "UserError", "audit", "compare",
-           "explain"]
+__all__ = ["Audit", "Comparison", "Explanation", "MethodsRanking", "OptionError", "UserError",
+           "audit", "compare", "explain", "rank_methods"]
 
 # Imported on first use: TensorFlow takes seconds to load, and `python -m report --help`
 # (which imports this package first) should not wait for it.
@@ -29,6 +32,8 @@ _LAZY = {
     "audit": "report.api",
     "explain": "report.api",
     "compare": "report.api",
+    "rank_methods": "report.api",
+    "MethodsRanking": "report.methods",
     "Comparison": "report.comparison",
     "Audit": "report.result",
     "Explanation": "report.cam.engine",

@@ -120,11 +120,33 @@ def compare(baseline, candidate, data, **keywords):
     return result
 
 
+def rank_methods(model, data, **keywords):
+    """Which CAM method to believe for this model: every method and both baselines (RandomCAM,
+    Sobel edges) explain the same `sample` images and are scored by deletion, ROAD,
+    localisation (where the data have masks), the sanity check, robustness and cost. Returns
+    a `report.MethodsRanking`: `recommended` (a method name, or None when none passes),
+    `scores` (per method: `values`, `ranks`, `mean_rank`), `metrics()`.
+
+    Nothing is logged (`python -m report methods` logs a run with the HTML/PDF report and tags
+    the model version with `audit.recommended_method`).
+    """
+    values = options.resolve("methods", {**keywords, "model_uri": "in memory",
+                                         "data": "in memory"},
+                             only=("model_uri", "data", *METHODS_KEYWORDS))
+    from report import core, methods
+
+    loaded = _loaded_model(model, values)
+    source, data_label = core.open_data(data, loaded.metadata.class_names, values)
+    return methods.rank_methods(loaded, source, values, data_label)
+
+
 # The model and the data are positional; `explain` takes only the engine's options.
 AUDIT_KEYWORDS = tuple(o.name for o in options.EXPLAIN if o.name not in ("model_uri", "data"))
 _EXPLAIN_KEYWORDS = ("method", "layer", "score", "class_names", "unsafe_deserialization")
 COMPARE_KEYWORDS = tuple(o.name for o in options.COMPARE
                          if o.name not in ("baseline", "candidate", "data"))
+METHODS_KEYWORDS = tuple(o.name for o in options.RANK_METHODS
+                         if o.name not in ("model_uri", "data"))
 
 
 def _loaded_model(model, values):
@@ -196,3 +218,6 @@ explain.__doc__ += _keyword_help(_EXPLAIN_KEYWORDS)
 compare.__signature__ = _signature(_positional("baseline", "candidate", "data"),
                                    COMPARE_KEYWORDS, options.COMPARE)
 compare.__doc__ += _keyword_help(COMPARE_KEYWORDS, options.COMPARE)
+rank_methods.__signature__ = _signature(_positional("model", "data"), METHODS_KEYWORDS,
+                                        options.RANK_METHODS)
+rank_methods.__doc__ += _keyword_help(METHODS_KEYWORDS, options.RANK_METHODS)

@@ -1,5 +1,5 @@
-"""`python -m report <train|explain|bench>`: parse the flags (declared in options.py), call the
-library, print the result. Nothing else happens here."""
+"""`python -m report <train|explain|bench|compare|methods>`: parse the flags (declared in
+options.py), call the library, print the result. Nothing else happens here."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ DESCRIPTIONS = {
     "bench": "images per second against the alternatives",
     "compare": "compare two model versions (champion against challenger) on the same images; "
                "exit 3 when --fail-on's gate fails",
+    "methods": "which CAM method to believe for this model: every method and two baselines "
+               "on one sample, scored by the trust checks and ranked",
 }
 GATE_FAILED = 3  # `compare --fail-on`: the candidate must not be promoted
 
@@ -131,4 +133,16 @@ def _compare(values: dict) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "explain": _explain, "bench": _bench, "compare": _compare}
+def _methods(values: dict) -> int:
+    from report.pipeline import rank_methods
+
+    result = rank_methods(values)
+    print(f"recommended: {result.recommended or 'none (no method passes the checks)'}")
+    print(f"run: {result.run_id}")
+    print(f"report: {result.html}")
+    print(f"report: {result.pdf}")
+    return 0
+
+
+COMMANDS = {"train": _train, "explain": _explain, "bench": _bench, "compare": _compare,
+            "methods": _methods}

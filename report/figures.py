@@ -399,3 +399,28 @@ def agreement_svg(class_names: list[str], spearman: list[np.ndarray],
             axes.set_title(title)
         panels[0].set_ylabel("True class")
     return _figure_to_svg(figure)
+
+
+def methods_svg(names: list[str], cost_ms: list[float], road_gap: list[float],
+                baseline: list[bool]) -> str:
+    """Each method's ROAD gap (faithfulness, higher is better) against its cost per image
+    (log scale): the methods worth using sit up and to the left. Baselines are grey squares,
+    and the best baseline's gap is a dashed line a method must clear."""
+    with matplotlib.rc_context(_RC):
+        figure = _new_figure(_HALF_PAGE_WIDTH * 1.6, 3.2)
+        axes = figure.add_subplot()
+        for index, (name, x, y, is_baseline) in enumerate(
+                zip(names, cost_ms, road_gap, baseline, strict=True)):
+            style = ({"color": _REFERENCE["color"], "marker": "s"} if is_baseline
+                     else {"color": _PALETTE[index % len(_PALETTE)], "marker": "o"})
+            axes.scatter([x], [y], s=28, zorder=3, **style)
+            axes.annotate(_plain(name), (x, y), xytext=(4, 3), textcoords="offset points",
+                          fontsize=7.5, color=style["color"])
+        floors = [y for y, is_baseline in zip(road_gap, baseline, strict=True) if is_baseline]
+        if floors:
+            axes.axhline(max(floors), linestyle="--", **_REFERENCE)
+        axes.set_xscale("log")
+        axes.set_xlabel("Cost per image (ms, log scale)")
+        axes.set_ylabel("ROAD gap (LeRF - MoRF AUC)")
+        axes.set_title("Faithfulness against cost")
+    return _figure_to_svg(figure)

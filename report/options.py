@@ -214,10 +214,25 @@ COMPARE = (
            choices=FAIL_ON),
 )
 
+_SHARED_WITH_METHODS = ("split", "layer", "score", "batch_size", "label_map", "class_names",
+                       "unsafe_deserialization", "output_dir")
+
+# Which method to believe for this model (`python -m report methods`, entry point `methods`):
+# every method and both baselines on one sample, scored by the same checks and ranked.
+RANK_METHODS = (
+    MODEL_URI,
+    DATA,
+    Option("sample", "int", 32,
+           "images every method explains and is scored on (the first readable ones)",
+           minimum=4, maximum=1024),
+    *(option for option in EXPLAIN if option.name in _SHARED_WITH_METHODS),
+)
+
 COMMANDS: dict[str, tuple[Option, ...]] = {"explain": EXPLAIN, "train": TRAIN, "bench": BENCH,
-                                           "compare": COMPARE}
+                                           "compare": COMPARE, "methods": RANK_METHODS}
 # MLproject entry point -> the command it runs.
-ENTRY_POINTS = {"main": "explain", "train": "train", "compare": "compare"}
+ENTRY_POINTS = {"main": "explain", "train": "train", "compare": "compare",
+                "methods": "methods"}
 
 
 def defaults(command: str) -> dict[str, Any]:

@@ -240,3 +240,53 @@ def _compare_params(values: dict, baseline, candidate) -> dict:
         params[f"{role}_source"] = loaded.source
     return {name: "none" if value is None else ",".join(value) if isinstance(value, list)
             else str(value) for name, value in params.items()}
+
+
+# --- methods (which CAM method for this model, into an MLflow run) -------------------------
+
+
+@dataclass(frozen=True)
+class MethodsRun:
+    run_id: str
+    recommended: str | None
+    html: Path
+    pdf: Path
+
+
+def rank_methods(values: dict) -> MethodsRun:
+    """The `methods` command: every method and baseline on one sample, ranked, into a run of
+    its own; the recommendation also tags the model's registered version."""
+    from report import methods, methods_report
+
+    values = options.resolve("methods", values)
+    tracking.configure_store()
+    report_root = core.writable_folder(Path(values["output_dir"] or "reports"), "--output-dir")
+    loaded = tracking.load_model(values["model_uri"], values["unsafe_deserialization"],
+                                 values["class_names"])
+    source, data_label = core.open_data(values["data"], loaded.metadata.class_names, values)
+    with tracking.start_run(run_name=f"methods-{_version_name(loaded)}") as run:
+        try:
+            run_id = run.info.run_id
+            ranking = methods.rank_methods(loaded, source, values, data_label)
+            files = methods_report.write(ranking, report_root / run_id, run_id)
+            tracking.log_new_params(_methods_params(values, loaded, data_label))
+            tracking.log_metrics(ranking.metrics())
+            for path in files:
+                tracking.log_artifact(path, "report")
+            tracking.set_note(methods_report.run_note(ranking))
+            tracking.tag_model_version(loaded, {"audit.methods_run_id": run_id,
+                                                "audit.recommended_method":
+                                                    ranking.recommended or "none"})
+        except BaseException as error:
+            with contextlib.suppress(Exception):
+                tracking.record_failure(error)
+            raise
+    return MethodsRun(run_id, ranking.recommended, files[0].resolve(), files[1].resolve())
+
+
+def _methods_params(values: dict, loaded, data_label: str) -> dict:
+    params = {name: value for name, value in values.items() if name != "output_dir"}
+    params.update(data=data_label, model_name=loaded.name,
+                  model_version=loaded.version or "none", model_source=loaded.source)
+    return {name: "none" if value is None else ",".join(value) if isinstance(value, list)
+            else str(value) for name, value in params.items()}
