@@ -11,6 +11,7 @@ sample only: deletion/insertion faithfulness and the cascading-randomisation san
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import cv2
 import keras
@@ -19,6 +20,10 @@ import tensorflow as tf
 
 from report import measures
 from report.cam.normalise import per_image
+
+if TYPE_CHECKING:
+    from report.baselines import BaselineScores
+    from report.robustness import Robustness
 
 LEVELS = ("full", "fast", "off")
 # Shortcut scores use each map's salient part (values >= half its maximum), see
@@ -40,12 +45,19 @@ class QualityPlan:
     steps: int  # fractions of pixels 0, 1/steps, ..., 1
     sanity_images: int
     sanity_stages: int
+    # quality=full only: the method against its baselines (on `baseline_images` of the
+    # sample, ROAD on the first `road_images`: a sparse solve per removed set) and the
+    # robustness check. Both stay out of quality=fast, which must cost at most one pass.
+    baseline_images: int = 0
+    road_images: int = 0
+    robustness_images: int = 0
 
     @classmethod
     def of(cls, level: str) -> QualityPlan:
         if level == "full":
             return cls(level, faithfulness_images=128, steps=20, sanity_images=16,
-                       sanity_stages=8)
+                       sanity_stages=8, baseline_images=32, road_images=16,
+                       robustness_images=32)
         return cls(level, faithfulness_images=16, steps=6, sanity_images=8, sanity_stages=5)
 
     @property
@@ -127,6 +139,8 @@ class QualityResults:
     mean_maps: dict[str, dict[str, np.ndarray]]  # "true"/"predicted" -> class -> (H, W)
     faithfulness: Faithfulness | None = None
     sanity: Sanity | None = None
+    baselines: BaselineScores | None = None
+    robustness: Robustness | None = None
     seconds: float = 0.0
 
 
@@ -139,6 +153,8 @@ class _SampleImage:
     map: np.ndarray
     predicted: int
     label: int  # -1 when unlabelled
+    lesion_mask: np.ndarray | None = None
+    lung_mask: np.ndarray | None = None
 
 
 class QualityAccumulator:
@@ -191,7 +207,7 @@ class QualityAccumulator:
         self._score_localisation(positions, labels, predicted, images, maps, random)
         self._add_to_means(labels, predicted, maps)
         if self._keeps_sample:
-            self.keep_sample(positions, labels, predicted, model_inputs, maps)
+            self.keep_sample(positions, labels, predicted, model_inputs, maps, images)
         return flags
 
     def _positions_for(self, count: int, positions) -> list[int]:
@@ -253,12 +269,15 @@ class QualityAccumulator:
                 self._sums[kind][index] += shown[chosen].sum(axis=0, dtype=np.float64)
                 self._counts[kind][index] += int(chosen.sum())
 
-    def keep_sample(self, positions, labels, predicted, model_inputs, maps) -> None:
-        """Keep the plan's N images with the smallest positions, whatever order they come in.
-        Copies, so that a kept image does not hold its whole batch in memory."""
+    def keep_sample(self, positions, labels, predicted, model_inputs, maps, images=None
+                    ) -> None:
+        """Keep the plan's N images with the smallest positions, whatever order they come in,
+        with their masks (`images`: the decoded images, when there are any to keep). Copies,
+        so that a kept image does not hold its whole batch in memory."""
         entering = [
             _SampleImage(position, np.array(model_inputs[i]), np.array(maps[i]),
-                         int(predicted[i]), -1 if labels[i] is None else labels[i])
+                         int(predicted[i]), -1 if labels[i] is None else labels[i],
+                         *(_masks_of(images[i]) if images is not None else (None, None)))
             for i, position in enumerate(positions) if self._may_enter_sample(position)
         ]
         self._sample = _first_by_position(self._sample + entering,
@@ -325,6 +344,34 @@ class QualityAccumulator:
         inputs, _, classes, _ = self._sample_arrays(self.plan.sanity_images)
         return cascading_randomisation(engine, inputs, classes, self.plan.sanity_stages)
 
+    def check_baselines(self, engine, batch_size: int, sanity: Sanity | None
+                        ) -> BaselineScores | None:
+        """quality=full: the method, RandomCAM, Sobel edges and random maps scored by every
+        check on the sample's first images (`sanity`: the method's own result)."""
+        from report.baselines import SampleData, score_with_baselines
+
+        count = self.plan.baseline_images
+        if not (count and self._sample and sanity is not None):
+            return None
+        inputs, maps, classes, labels = self._sample_arrays(count)
+        sample = self._sample[:count]
+        lesions = np.stack([image.lesion_mask if image.lesion_mask is not None
+                            else np.zeros(self.image_size, bool) for image in sample])
+        lungs = np.stack([image.lung_mask if image.lung_mask is not None
+                          else self._estimated_lungs for image in sample])
+        return score_with_baselines(engine, SampleData(inputs, maps, classes, labels, lesions,
+                                                       lungs), self.plan, batch_size,
+                                    sanity.final_correlation)
+
+    def check_robustness(self, engine, batch_size: int) -> Robustness | None:
+        """quality=full: the maps under noise, a shift, JPEG and a contrast change."""
+        from report.robustness import robustness
+
+        if not (self.plan.robustness_images and self._sample):
+            return None
+        inputs, maps, classes, _ = self._sample_arrays(self.plan.robustness_images)
+        return robustness(engine, inputs, maps, classes, batch_size)
+
     def _sample_arrays(self, count: int | None = None):
         sample = self._sample[:count]
         return (np.stack([image.model_input for image in sample]),
@@ -356,6 +403,12 @@ def random_maps_at(positions, size: tuple[int, int]) -> np.ndarray:
                      for position in positions])
 
 
+def _masks_of(image) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """An image's non-empty lesion and lung masks, copied (None where it has none)."""
+    return tuple(np.array(mask) if mask is not None and mask.any() else None
+                 for mask in (image.lesion_mask, image.lung_mask))
+
+
 def _first_by_position(images: list[_SampleImage], count: int) -> list[_SampleImage]:
     return sorted(images, key=lambda image: image.position)[:count]
 
@@ -372,8 +425,8 @@ def _shortcut_flags(outside_lungs: float, border: float) -> list[str]:
 # --- faithfulness ---------------------------------------------------------------------------
 
 
-def faithfulness(engine, inputs, maps, classes, labels, steps: int, batch_size: int
-                 ) -> Faithfulness:
+def faithfulness(engine, inputs, maps, classes, labels, steps: int, batch_size: int,
+                 with_random: bool = True) -> Faithfulness:
     """Deletion and insertion (Petsiuk et al. 2018) for the maps and for random maps of the
     same smoothness, plus Average Drop and Increase in Confidence (Chattopadhyay et al.
     2018). Deletion replaces pixels, most important first, with black; insertion starts from
@@ -382,11 +435,14 @@ def faithfulness(engine, inputs, maps, classes, labels, steps: int, batch_size: 
 
     The curves' ends do not depend on the map (nothing or everything changed), so they are
     predicted once and shared by the model's and the random curves: the original image, the
-    blurred one and the black one. Every other point is one forward pass."""
+    blurred one and the black one. Every other point is one forward pass. `with_random=False`
+    scores the maps alone (a caller that has its own references)."""
     inputs = np.asarray(inputs, np.float32)
     fractions = np.linspace(0.0, 1.0, steps + 1)
     blurred = np.stack([_blur(image) for image in inputs])
-    stacks = {"": maps, "random ": measures.random_maps(maps.shape, seed=1234)}
+    stacks = {"": maps}
+    if with_random:
+        stacks["random "] = measures.random_maps(maps.shape, seed=1234)
     scores = _class_scores(engine, _perturbed(inputs, blurred, stacks, fractions[1:-1]),
                            classes, batch_size)
     original, black = scores["original"], scores["black"]

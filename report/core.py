@@ -165,6 +165,14 @@ def measure(loaded, source, values, engine, streamed, skipped, data_label,
         results.faithfulness = faithful.result()
         built["faithfulness"] = findings.section("faithfulness", results, n_flagged)
         results.sanity = sane.result()
+        # quality=full only (None otherwise): after the sanity check, which they build on,
+        # on the same one-thread pool, since the sanity check changes the model's weights.
+        against = pool.submit(streamed.timed, quality.check_baselines, engine, batch_size,
+                              results.sanity)
+        stable = pool.submit(streamed.timed, quality.check_robustness, engine, batch_size)
+        results.baselines, results.robustness = against.result(), stable.result()
+        for name in ("baselines", "robustness"):
+            built[name] = findings.section(name, results, n_flagged)
     y_true, y_pred = results.y_true, results.y_pred
     scores = measures.classification_quality(np.asarray(y_true), np.asarray(y_pred),
                                              class_names)

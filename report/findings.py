@@ -19,6 +19,8 @@ from report.checks import (
 )
 from report.render import Figure, Finding, Section, Table
 
+ROBUST_SPEARMAN = 0.7  # a map this far from its original moved more than the film did
+
 # --- classification -------------------------------------------------------------------------
 
 
@@ -82,6 +84,12 @@ def explanation_metrics(results: QualityResults) -> dict[str, float]:
             metrics[f"faithfulness.average_drop{suffix}"] = faith.average_drop[key]
             metrics[f"faithfulness.increase_in_confidence{suffix}"] = (
                 faith.increase_in_confidence[key])
+    if results.baselines:
+        metrics.update(results.baselines.metrics())
+        for name in ("road_gap",):
+            metrics[f"faithfulness.{name}"] = results.baselines.values["method"][name]
+    if results.robustness:
+        metrics.update(results.robustness.metrics())
     if results.sanity and results.sanity.correlations:
         metrics["sanity.final_spearman"] = results.sanity.final_correlation
         metrics["sanity.passed"] = float(results.sanity.passed)
@@ -201,6 +209,8 @@ _SECTIONS = {
     "localisation": lambda results, n_flagged: _localisation_section(results),
     "faithfulness": lambda results, n_flagged: _faithfulness_section(results),
     "sanity": lambda results, n_flagged: _sanity_section(results),
+    "baselines": lambda results, n_flagged: _baselines_section(results),
+    "robustness": lambda results, n_flagged: _robustness_section(results),
     "shortcuts": lambda results, n_flagged: _shortcut_section(results, n_flagged),
 }
 
@@ -399,4 +409,80 @@ def _shortcut_section(results: QualityResults, n_flagged: int) -> Section | None
         tables=[Table(["Class (true)", "Salient map in border", "Outside lungs", "Flagged"],
                       rows)],
         figures=shown,
+    )
+
+
+def _baselines_section(results: QualityResults) -> Section | None:
+    scores = results.baselines
+    if scores is None:
+        return None
+    from report.baselines import METRICS
+
+    titles = dict(scores.explainers)
+    rows = []
+    for key, label, higher in METRICS:
+        cells = [scores.values[explainer][key] for explainer in titles]
+        if not np.isfinite(cells[0]):
+            continue
+        rows.append([f"{label} ({'higher' if higher else 'lower'} is better)",
+                     *("—" if not np.isfinite(v) else f"{v:.3f}" for v in cells)])
+    wins, losses = scores.beaten()
+    method = titles["method"]
+    if losses:
+        line = Finding("warn", f"{method} does no better than a baseline on: "
+                       f"{', '.join(losses)}. There, the check measures the film or the "
+                       "features, not what the model made of them.")
+    else:
+        line = Finding("pass", f"{method} beats RandomCAM, Sobel edges and random maps on "
+                       f"every check ({len(wins)}).")
+    curves = {f"{titles[k]}, {order.upper()}": scores.road_curves[k][order]
+              for k in ("method", "randomcam", "sobel") for order in ("morf", "lerf")}
+    return Section(
+        "baselines", "Against baselines: does the method know more than chance?",
+        f"On {scores.n_images} images of the sample, the method's maps are scored beside "
+        "three explainers that know nothing: RandomCAM (the model's features under random "
+        "channel weights), Sobel edges (the film's own edges, no model) and random smooth "
+        "maps. ROAD (Rong et al. 2022, on the first "
+        f"{scores.road_images} images) removes pixels in the map's order, most relevant "
+        "first (MoRF) or least relevant first (LeRF), and fills them from their neighbours "
+        "with a little noise instead of black, which an X-ray never shows the model; the gap "
+        "between the two curves is the map's faithfulness.",
+        findings=[line],
+        tables=[Table(["Check", *titles.values()], rows)],
+        figures=[Figure("ROAD", figures.deletion_insertion_svg(
+            scores.road_fractions, curves, "ROAD: MoRF and LeRF"),
+            "Mean class probability as pixels are removed and imputed; the method's MoRF "
+            "should fall fastest and its LeRF stay highest.")],
+    )
+
+
+def _robustness_section(results: QualityResults) -> Section | None:
+    stable = results.robustness
+    if stable is None:
+        return None
+    from report.robustness import PERTURBATIONS
+
+    rows = [[label[0].upper() + label[1:], f"{ssim:.2f}", f"{rho:.2f}",
+             "—" if flips is None else str(flips)]
+            for label, ssim, rho, flips, _ in stable.rows()]
+    weakest = min(stable.spearman, key=lambda name: np.nanmean(stable.spearman[name]))
+    floor = float(np.nanmean(stable.random_spearman))
+    worst = float(np.nanmean(stable.spearman[weakest]))
+    flips = sum(stable.flips.values())
+    level = "pass" if worst >= ROBUST_SPEARMAN and not flips else "warn"
+    line = Finding(level, f"The maps' least stable change is {PERTURBATIONS[weakest].label} "
+                   f"(Spearman "
+                   f"{worst:.2f} with the original; random maps {floor:.2f}); "
+                   f"{flips} of {len(stable.flips) * stable.n} predictions flipped.")
+    return Section(
+        "robustness", "Robustness: do the maps survive acquisition changes?",
+        f"{stable.n} images of the sample are changed as a second acquisition of the same "
+        "film might be: sensor noise (3% of the range), a 4-pixel shift (the map is shifted "
+        "back before the comparison), JPEG at quality 75 and 10% lower contrast. Each changed "
+        "film is explained for the same class, and its map compared with the original by "
+        "SSIM and Spearman rank correlation; random maps give the floor. A prediction flip is "
+        f"a changed film the model classifies differently. Below {ROBUST_SPEARMAN} a map "
+        "moves more than the film did.",
+        findings=[line],
+        tables=[Table(["Change", "SSIM", "Spearman", "Prediction flips"], rows)],
     )

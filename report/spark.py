@@ -291,7 +291,8 @@ def add_sample(summary: Summary, source, records, metadata, engine, batch_size: 
         explanation = engine.explain(images)
         quality.keep_sample([chosen[i] for i in batch.indices],
                             [record.label for record in batch.records],
-                            explanation.class_index, images, explanation.maps)
+                            explanation.class_index, images, explanation.maps,
+                            batch.images)
 
 
 def _ship_model(spark, model, folder: Path) -> str:
