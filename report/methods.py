@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from tqdm import tqdm
 
 from report import checks, measures, road
 from report.cam.engine import BASELINES, METHODS, make_engine
@@ -41,12 +42,12 @@ GALLERY_IMAGES = 4  # images shown under every method, side by side
 # (key, label, higher is better, ranked). Ranks are among the methods, not the baselines.
 CRITERIA = (
     ("deletion_auc", "Deletion AUC", False, True),
-    ("road_gap", "ROAD gap (LeRF - MoRF)", True, True),
-    ("otsu_iou", "Localisation (Otsu IoU)", True, True),
-    ("sanity", "Sanity (Spearman after randomisation)", False, True),
-    ("seconds_per_image", "Cost (ms per image)", False, True),
+    ("road_gap", "ROAD gap", True, True),
+    ("otsu_iou", "Otsu IoU", True, True),
+    ("sanity", "Sanity", False, True),
+    ("seconds_per_image", "ms / image", False, True),
     ("insertion_auc", "Insertion AUC", True, False),
-    ("robustness", "Robustness (mean Spearman)", True, False),
+    ("robustness", "Robustness", True, False),
 )
 
 
@@ -127,7 +128,9 @@ def rank_methods(loaded, source, values, data_label: str) -> MethodsRanking:
     shape = (*metadata.image_size, metadata.channels)
     layer = metadata.layer_for(values["layer"])
     classes, scores = None, []
-    for name in [*METHODS, *BASELINES]:
+    bar = tqdm([*METHODS, *BASELINES], desc="Scoring methods", unit="method")
+    for name in bar:
+        bar.set_postfix_str(name)
         engine = make_engine(name, loaded.model, layer, values["score"], shape)
         maps, seconds, classes = _explain_timed(engine, sample.inputs, classes,
                                                 values["batch_size"])

@@ -66,10 +66,15 @@ def ranking_table(ranking: MethodsRanking) -> Table:
     ordered = sorted(ranking.methods, key=lambda score: score.mean_rank) + ranking.baselines
     rows = []
     for score in ordered:
-        name = score.title + (" (baseline)" if score.baseline else "")
+        name = short_title(score) + (" (baseline)" if score.baseline else "")
         mean = "—" if score.baseline else f"{score.mean_rank:.1f}"
         rows.append([name, mean, *(_cell(score, key) for key, _, _, _ in shown)])
     return Table(headers, rows)
+
+
+def short_title(score) -> str:
+    """"Grad-CAM" of "Grad-CAM (Selvaraju et al. 2017)": the table's rows stay one line."""
+    return score.title.split(" (")[0]
 
 
 def _cell(score, key: str) -> str:
@@ -92,7 +97,8 @@ def gallery(ranking: MethodsRanking) -> list[GalleryRow]:
         tiles = [Tile("film", encode(film))]
         for score in ranking.scores:
             heatmap = per_image(score.maps[index][None])[0]
-            tiles.append(Tile(score.method, encode(blend(film, heatmap, 0.5, "viridis"))))
+            caption = short_title(score) + (" (baseline)" if score.baseline else "")
+            tiles.append(Tile(caption, encode(blend(film, heatmap, 0.5, "viridis"))))
         explained = ranking.class_names[int(ranking.classes[index])]
         rows.append(GalleryRow(f"{names[index]}: each map explains {explained}", tiles))
     return rows

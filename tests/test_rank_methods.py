@@ -104,10 +104,10 @@ def test_the_report_names_every_method_and_shows_the_gallery(ranking, tmp_path):
     html_path, pdf_path = methods_report.write(ranking, tmp_path)
     html = html_path.read_text()
     for entry in ranking.scores:
-        assert entry.title in html
+        assert methods_report.short_title(entry) in html
     assert html.count('class="gallery-row"') == methods.GALLERY_IMAGES
     # The film plus every method and baseline, per gallery row.
-    assert html.count('class="tile"') == methods.GALLERY_IMAGES * (len(ranking.scores) + 1)
+    assert html.count('class="method-tile"') == methods.GALLERY_IMAGES * (len(ranking.scores) + 1)
     assert "Not for clinical use" in html
     assert pdf_path.read_bytes().startswith(b"%PDF")
 
