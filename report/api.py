@@ -145,8 +145,9 @@ AUDIT_KEYWORDS = tuple(o.name for o in options.EXPLAIN if o.name not in ("model_
 _EXPLAIN_KEYWORDS = ("method", "layer", "score", "class_names", "unsafe_deserialization")
 COMPARE_KEYWORDS = tuple(o.name for o in options.COMPARE
                          if o.name not in ("baseline", "candidate", "data"))
+# Nothing is written, so no output_dir.
 METHODS_KEYWORDS = tuple(o.name for o in options.RANK_METHODS
-                         if o.name not in ("model_uri", "data"))
+                         if o.name not in ("model_uri", "data", "output_dir"))
 
 
 def _loaded_model(model, values):

@@ -135,6 +135,10 @@ def summary(results: QualityResults, metrics: dict[str, float], accuracy: float,
         lines.append(_faithfulness_line(metrics))
     if results.sanity and results.sanity.correlations:
         lines.append(_sanity_line(results))
+    if results.baselines:
+        lines.append(_baselines_line(results.baselines))
+    if results.robustness:
+        lines.append(_robustness_line(results.robustness))
     if "shortcut.border_energy" in metrics:
         lines.append(_shortcut_line(results, n_flagged))
     if not results.plan.explanation_metrics:
@@ -426,15 +430,7 @@ def _baselines_section(results: QualityResults) -> Section | None:
             continue
         rows.append([f"{label} ({'higher' if higher else 'lower'} is better)",
                      *("—" if not np.isfinite(v) else f"{v:.3f}" for v in cells)])
-    wins, losses = scores.beaten()
-    method = titles["method"]
-    if losses:
-        line = Finding("warn", f"{method} does no better than a baseline on: "
-                       f"{', '.join(losses)}. There, the check measures the film or the "
-                       "features, not what the model made of them.")
-    else:
-        line = Finding("pass", f"{method} beats RandomCAM, Sobel edges and random maps on "
-                       f"every check ({len(wins)}).")
+    line = _baselines_line(scores)
     curves = {f"{titles[k]}, {order.upper()}": scores.road_curves[k][order]
               for k in ("method", "randomcam", "sobel") for order in ("morf", "lerf")}
     return Section(
@@ -460,20 +456,10 @@ def _robustness_section(results: QualityResults) -> Section | None:
     stable = results.robustness
     if stable is None:
         return None
-    from report.robustness import PERTURBATIONS
-
-    rows = [[label[0].upper() + label[1:], f"{ssim:.2f}", f"{rho:.2f}",
+    rows = [[label[0].upper() + label[1:], _two(ssim), _two(rho),
              "—" if flips is None else str(flips)]
             for label, ssim, rho, flips, _ in stable.rows()]
-    weakest = min(stable.spearman, key=lambda name: np.nanmean(stable.spearman[name]))
-    floor = float(np.nanmean(stable.random_spearman))
-    worst = float(np.nanmean(stable.spearman[weakest]))
-    flips = sum(stable.flips.values())
-    level = "pass" if worst >= ROBUST_SPEARMAN and not flips else "warn"
-    line = Finding(level, f"The maps' least stable change is {PERTURBATIONS[weakest].label} "
-                   f"(Spearman "
-                   f"{worst:.2f} with the original; random maps {floor:.2f}); "
-                   f"{flips} of {len(stable.flips) * stable.n} predictions flipped.")
+    line = _robustness_line(stable)
     return Section(
         "robustness", "Robustness: do the maps survive acquisition changes?",
         f"{stable.n} images of the sample are changed as a second acquisition of the same "
@@ -486,3 +472,42 @@ def _robustness_section(results: QualityResults) -> Section | None:
         findings=[line],
         tables=[Table(["Change", "SSIM", "Spearman", "Prediction flips"], rows)],
     )
+
+
+def _baselines_line(scores) -> Finding:
+    wins, losses = scores.beaten()
+    method = dict(scores.explainers)["method"]
+    if losses:
+        return Finding("warn", f"{method} does no better than a baseline (RandomCAM, Sobel "
+                       f"edges or random maps) on: {', '.join(losses)}. There, the check "
+                       "measures the film or the features, not what the model made of them.")
+    return Finding("pass", f"{method} beats RandomCAM, Sobel edges and random maps on every "
+                   f"check ({len(wins)}).")
+
+
+def _robustness_line(stable) -> Finding:
+    from report.robustness import PERTURBATIONS
+
+    means = {name: _finite_mean(values) for name, values in stable.spearman.items()}
+    measured = {name: value for name, value in means.items() if np.isfinite(value)}
+    flips = sum(stable.flips.values())
+    changed = f"{flips} of {len(stable.flips) * stable.n} predictions flipped"
+    if not measured:
+        return Finding("warn", "The maps' stability could not be measured: they are flat "
+                       f"(all zero) on the changed films; {changed}.")
+    weakest = min(measured, key=measured.get)
+    level = "pass" if measured[weakest] >= ROBUST_SPEARMAN and not flips else "warn"
+    return Finding(level, f"Under acquisition changes the maps are least stable under "
+                   f"{PERTURBATIONS[weakest].label} (Spearman {measured[weakest]:.2f} with "
+                   f"the original; random maps {_finite_mean(stable.random_spearman):.2f}); "
+                   f"{changed}.")
+
+
+def _finite_mean(values) -> float:
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if len(values) else float("nan")
+
+
+def _two(value: float) -> str:
+    return f"{value:.2f}" if np.isfinite(value) else "—"

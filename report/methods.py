@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.stats import rankdata
 from tqdm import tqdm
 
 from report import checks, measures, road
@@ -80,6 +81,7 @@ class MethodScore:
 
     @property
     def sanity_passed(self) -> bool:
+        """nan (every randomised map flat) is no pass: nothing showed the maps changed."""
         return self.values["sanity"] < checks.SANITY_PASS
 
 
@@ -189,7 +191,7 @@ def _scored(engine, sample: Sample, maps, classes, batch_size: int, seconds: flo
     from report import robustness
 
     faithful = checks.faithfulness(engine, sample.inputs, maps, classes, sample.labels,
-                                   FAITHFULNESS_STEPS, batch_size)
+                                   FAITHFULNESS_STEPS, batch_size, with_random=False)
     curves = road.road_curves(engine, sample.inputs[:ROAD_IMAGES], maps[:ROAD_IMAGES],
                               classes[:ROAD_IMAGES], ROAD_FRACTIONS, batch_size)
     removed = (0.0, *ROAD_FRACTIONS, 1.0)
@@ -203,16 +205,17 @@ def _scored(engine, sample: Sample, maps, classes, batch_size: int, seconds: flo
         "road_morf_auc": road_summary["morf_auc"],
         "road_lerf_auc": road_summary["lerf_auc"],
         "road_gap": road_summary["gap"],
-        "otsu_iou": _localisation(sample, maps),
+        "otsu_iou": _localisation(sample, maps, classes),
         "sanity": sanity.final_correlation,
         "robustness": stable.mean_spearman,
         "seconds_per_image": seconds,
     }
 
 
-def _localisation(sample: Sample, maps) -> float:
-    """Mean Otsu IoU over the sample's images with a lesion mask (nan without any)."""
-    chosen = np.flatnonzero(sample.masked)
+def _localisation(sample: Sample, maps, classes) -> float:
+    """Mean Otsu IoU over the sample's correctly classified images with a lesion mask, as
+    the audit scores localisation (nan without any)."""
+    chosen = np.flatnonzero(sample.masked & (sample.labels == classes))
     if not len(chosen):
         return float("nan")
     masks = np.stack([sample.lesion_masks[i] for i in chosen])
@@ -227,11 +230,12 @@ def _rank(scores: list[MethodScore], has_masks: bool) -> None:
     for key, _, higher, ranked in CRITERIA:
         if not ranked or (key == "otsu_iou" and not has_masks):
             continue
-        values = np.array([score.values[key] for score in methods])
+        values = np.array([_as_shown(key, score.values[key]) for score in methods])
         ordered = -values if higher else values
         ordered = np.where(np.isfinite(ordered), ordered, np.inf)  # unmeasured ranks last
-        for place, index in enumerate(np.argsort(ordered, kind="stable"), start=1):
-            methods[index].ranks[key] = place
+        # Equal values share the better place: a tie is not decided by the list's order.
+        for score, place in zip(methods, rankdata(ordered, method="min"), strict=True):
+            score.ranks[key] = int(place)
     weights = {"deletion_auc": 1.0, "road_gap": 1.0, "otsu_iou": 1.0, "sanity": 0.5,
                "seconds_per_image": 0.5}
     for score in methods:
@@ -239,11 +243,23 @@ def _rank(scores: list[MethodScore], has_masks: bool) -> None:
         score.mean_rank = sum(score.ranks[k] * w for k, w in used.items()) / sum(used.values())
 
 
+def _as_shown(key: str, value: float) -> float:
+    """Values compared at the precision the report shows them (0.001; costs 0.1 ms), so
+    timing noise and float round-off do not decide a rank."""
+    return round(value, 4 if key == "seconds_per_image" else 3)
+
+
+def best_baseline_gap(scores: list[MethodScore]) -> float:
+    """The best ROAD gap a baseline reached: what a method must beat."""
+    gaps = [score.values["road_gap"] for score in scores if score.baseline
+            and np.isfinite(score.values["road_gap"])]
+    return max(gaps, default=-np.inf)
+
+
 def recommend(scores: list[MethodScore]) -> str | None:
     """The best mean rank among methods that pass the sanity check and beat both baselines
     on the ROAD gap; None when no method does."""
-    floor = max((score.values["road_gap"] for score in scores if score.baseline),
-                default=-np.inf)
+    floor = best_baseline_gap(scores)
     eligible = [score for score in scores if not score.baseline and score.sanity_passed
                 and score.values["road_gap"] > floor]
     if not eligible:

@@ -13,7 +13,7 @@ import numpy as np
 from report import checks, figures, render
 from report.cam.normalise import per_image
 from report.cam.overlay import blend, encode
-from report.methods import CRITERIA, MethodsRanking, reasons
+from report.methods import CRITERIA, MethodsRanking, best_baseline_gap, reasons
 from report.render import Finding, Table
 
 TEMPLATE_NAME = "methods.html.j2"
@@ -41,12 +41,19 @@ def findings(ranking: MethodsRanking) -> list[Finding]:
         lines.append(Finding("warn", "No method both passes the sanity check and beats the "
                              "baselines on ROAD for this model: treat every heatmap of it as "
                              "unverified."))
-    failed = [score.title for score in ranking.methods if not score.sanity_passed]
+    failed = [score.title for score in ranking.methods
+              if np.isfinite(score.values["sanity"]) and not score.sanity_passed]
+    unmeasured = [score.title for score in ranking.methods
+                  if not np.isfinite(score.values["sanity"])]
+    if unmeasured:
+        lines.append(Finding("warn", "The sanity check could not be measured (the maps are "
+                             "flat once the weights are randomised), so these cannot be "
+                             "recommended: " + ", ".join(unmeasured) + "."))
     if failed:
         lines.append(Finding("warn", "Failed the sanity check (their maps barely change when "
                              "the model's weights are randomised, so they show the image more "
                              "than the model): " + ", ".join(failed) + "."))
-    floor = max(score.values["road_gap"] for score in ranking.baselines)
+    floor = best_baseline_gap(ranking.scores)
     beaten = [score.title for score in ranking.methods if score.values["road_gap"] <= floor]
     if beaten:
         lines.append(Finding("warn", "No more faithful than a baseline on ROAD (random channel "
@@ -54,9 +61,11 @@ def findings(ranking: MethodsRanking) -> list[Finding]:
     if not ranking.has_masks:
         lines.append(Finding("info", "The data have no lesion masks or boxes, so localisation "
                              "is not part of the ranking."))
+    skipped = len(ranking.sample.skipped)
     lines.append(Finding("info", f"Measured on {len(ranking.sample.image_ids)} images, each "
-                         "map explaining the model's predicted class. Costs are this "
-                         "machine's."))
+                         "map explaining the model's predicted class"
+                         + (f" ({skipped} unreadable or repeated files skipped)" if skipped
+                            else "") + ". Costs are this machine's."))
     return lines
 
 

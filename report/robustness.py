@@ -127,7 +127,9 @@ class Robustness:
     @property
     def mean_spearman(self) -> float:
         """One number per method: the mean over the perturbations of their mean Spearman."""
-        return float(np.nanmean([_mean(values) for values in self.spearman.values()]))
+        means = [_mean(values) for values in self.spearman.values()]
+        finite = [value for value in means if np.isfinite(value)]
+        return float(np.mean(finite)) if finite else float("nan")
 
     def rows(self) -> list[tuple[str, float, float, int | None, int]]:
         """(label, mean SSIM, mean Spearman, flips, n) per perturbation, then the random

@@ -32,6 +32,14 @@ def test_the_method_beats_the_baselines_only_where_it_is_better_than_every_one()
     assert len(wins) + len(losses) == len(METRICS)
 
 
+def test_the_sanity_check_is_pass_or_fail_not_a_contest_with_randomcam():
+    label = next(label for key, label, _ in METRICS if key == "sanity")
+    passing = scores(sanity=0.3)
+    passing.values["randomcam"]["sanity"] = 0.05  # RandomCAM depends on the model too
+    assert label in passing.beaten()[0]
+    assert label in scores(sanity=0.8).beaten()[1]
+
+
 @pytest.fixture(scope="module")
 def audits():
     model = tiny_classifier(TINY_SIZE, "baselined", convs=2, seed=5)
@@ -69,3 +77,17 @@ def test_fast_stays_without_the_full_only_checks(audits):
     assert "faithfulness.road_gap" not in metrics
     titles = [section.title for section in audits["fast"].sections]
     assert not any(title.startswith(("Against baselines", "Robustness")) for title in titles)
+
+
+def test_the_robustness_line_survives_maps_that_are_flat_on_the_changed_films():
+    from report.findings import _robustness_line
+    from report.robustness import Robustness
+
+    nan = np.full(3, np.nan)
+    flat = Robustness({"noise": nan, "jpeg": nan}, {"noise": nan, "jpeg": np.array([0.9, 0.8, 1])},
+                      {"noise": 0, "jpeg": 1}, 3, nan, np.array([0.0, 0.1, -0.1]))
+    line = _robustness_line(flat)
+    assert line.level == "warn" and "JPEG" in line.text and "0.90" in line.text
+    assert "1 of 6 predictions flipped" in line.text
+    unmeasured = Robustness({"noise": nan}, {"noise": nan}, {"noise": 0}, 3, nan, nan)
+    assert "could not be measured" in _robustness_line(unmeasured).text

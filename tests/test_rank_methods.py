@@ -39,6 +39,14 @@ def test_ranks_follow_each_criterion_direction_and_skip_the_baselines():
     assert "otsu_iou" not in a.ranks  # no masks, no localisation rank
 
 
+def test_equal_values_share_a_place_rather_than_follow_the_list_order():
+    a = score("a", deletion_auc=0.3001, seconds_per_image=0.00151)
+    b = score("b", deletion_auc=0.2999, seconds_per_image=0.00149)  # the same, as shown
+    ranked([a, b])
+    assert a.ranks == b.ranks == {"deletion_auc": 1, "road_gap": 1, "sanity": 1,
+                                  "seconds_per_image": 1}
+
+
 def test_localisation_is_ranked_only_where_there_are_masks():
     a = score("a", otsu_iou=0.2)
     b = score("b", otsu_iou=0.6)

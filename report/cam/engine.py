@@ -35,6 +35,7 @@ model's probability (`score="probability"`, what the tutorial differentiated).
 from __future__ import annotations
 
 import contextlib
+import zlib
 from dataclasses import dataclass
 
 import cv2
@@ -321,16 +322,17 @@ class AblationCAM(_ForwardOnlyCAM):
 
 
 class RandomCAM(_ForwardOnlyCAM):
-    """The target layer's features under uniform random channel weights in [-1, 1]. Each call
-    draws from `seed`, so a sample gets the same maps on every run."""
+    """The target layer's features under uniform random channel weights in [-1, 1]. Each
+    image's weights are drawn from `seed` and the image's own bytes, so an image gets the
+    same map on every run, whatever the batch it comes in."""
 
     method, title, baseline = "randomcam", "RandomCAM (random channel weights)", True
     seed = 0
 
     def explain(self, images: np.ndarray, classes: np.ndarray | None = None) -> Explanation:
         activations, _, probabilities, class_index = self._predicted(images, classes)
-        rng = np.random.default_rng(self.seed)
-        weights = rng.uniform(-1.0, 1.0, (len(images), activations.shape[-1]))
+        weights = np.stack([random_channel_weights(image, activations.shape[-1], self.seed)
+                            for image in np.asarray(images, np.float32)])
         return self._explanation(probabilities, class_index, activations, weights)
 
 
@@ -344,6 +346,12 @@ class SobelMap(_ForwardOnlyCAM):
         _, _, probabilities, class_index = self._predicted(images, classes)
         maps = np.stack([sobel_edges(image) for image in np.asarray(images, np.float32)])
         return Explanation(probabilities.numpy(), class_index, maps, maps)
+
+
+def random_channel_weights(image: np.ndarray, channels: int, seed: int) -> np.ndarray:
+    """(K,) uniform in [-1, 1], seeded by `seed` and a CRC of the image's float32 bytes."""
+    rng = np.random.default_rng([seed, zlib.crc32(np.ascontiguousarray(image).tobytes())])
+    return rng.uniform(-1.0, 1.0, channels)
 
 
 def sobel_edges(image: np.ndarray) -> np.ndarray:
