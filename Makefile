@@ -12,7 +12,7 @@ TRACKING_URI := $(or $(MLFLOW_TRACKING_URI),$(STORE))
 RUN_ENV := PATH="$(CURDIR)/$(VENV)/bin:$$PATH" MLFLOW_TRACKING_URI="$(TRACKING_URI)" \
 	MLFLOW_EXPERIMENT_NAME="$${MLFLOW_EXPERIMENT_NAME:-cxr-gradcam-report}" TF_CPP_MIN_LOG_LEVEL=2
 
-.PHONY: help demo test ui lint bench bench-e2e bench-compare clean
+.PHONY: help demo test ui lint bench bench-e2e bench-compare clean messages
 
 help:
 	@echo "make demo   set up .venv, train and register a demo model, write a report"
@@ -62,6 +62,15 @@ $(COMPARE)/.installed: pyproject.toml $(STAMP)
 
 bench-compare: $(COMPARE)/.installed
 	$(RUN_ENV) PYTHONPATH="$(CURDIR)" $(COMPARE)/bin/python -m report bench
+
+# The report's catalogs (README, "The report in Portuguese"): the English messages extracted
+# from the code and templates into report/locales/report.pot, merged into each locale's .po,
+# whose new msgstr a translator then fills (tests/test_i18n.py fails until they are).
+messages: $(STAMP)
+	$(VENV)/bin/pybabel extract -F babel.cfg -k _ -k ngettext:1,2 -k N_ --sort-by-file \
+		--project cxr-gradcam-report -o report/locales/report.pot .
+	$(VENV)/bin/pybabel update -i report/locales/report.pot -d report/locales -D report \
+		--no-fuzzy-matching --ignore-obsolete
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

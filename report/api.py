@@ -56,7 +56,10 @@ def audit_loaded(loaded, data, values: dict):
         artifacts_dir = Path(workspace.name)
     else:
         workspace, artifacts_dir = None, _new_folder(Path(values["output_dir"]))
-    result = core.run_audit(loaded, source, values, artifacts_dir, data_label)
+    from report import i18n
+
+    with i18n.use(values["language"]):  # the findings are worded while measured
+        result = core.run_audit(loaded, source, values, artifacts_dir, data_label)
     result._workspace = workspace
     return result
 

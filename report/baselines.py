@@ -15,20 +15,21 @@ import numpy as np
 
 from report import checks, measures, road
 from report.cam.engine import make_engine
+from report.i18n import N_
 
-RANDOM_MAPS = "random smooth maps"
+RANDOM_MAPS = N_("random smooth maps")
 ROAD_FRACTIONS = (0.2, 0.4, 0.6, 0.8)
 # (key, label, higher is better). Each explainer gets every one it can be scored by.
 METRICS = (
-    ("deletion_auc", "Deletion AUC", False),
-    ("insertion_auc", "Insertion AUC", True),
-    ("road_gap", "ROAD gap (LeRF - MoRF AUC)", True),
-    ("average_drop", "Average Drop (%)", False),
-    ("pointing", "Pointing game (lesion)", True),
-    ("otsu_iou", "IoU, Otsu (lesion)", True),
-    ("border", "Salient map in the border", False),
-    ("outside_lungs", "Salient map outside the lungs", False),
-    ("sanity", "Spearman after randomisation", False),
+    ("deletion_auc", N_("Deletion AUC"), False),
+    ("insertion_auc", N_("Insertion AUC"), True),
+    ("road_gap", N_("ROAD gap (LeRF - MoRF AUC)"), True),
+    ("average_drop", N_("Average Drop (%)"), False),
+    ("pointing", N_("Pointing game (lesion)"), True),
+    ("otsu_iou", N_("IoU, Otsu (lesion)"), True),
+    ("border", N_("Salient map in the border"), False),
+    ("outside_lungs", N_("Salient map outside the lungs"), False),
+    ("sanity", N_("Spearman after randomisation"), False),
 )
 
 

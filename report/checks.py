@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from report import measures
 from report.cam.normalise import per_image
+from report.i18n import N_, _, percent
 
 if TYPE_CHECKING:
     from report.baselines import BaselineScores
@@ -114,7 +115,7 @@ class Faithfulness:
 
 @dataclass
 class Sanity:
-    stages: list[str]
+    stages: list[str]  # per stage, the last layer randomised (all layers above it are too)
     correlations: list[np.ndarray]
 
     @property
@@ -381,10 +382,10 @@ class QualityAccumulator:
 
     def _lung_source(self) -> str:
         if not self._lung_masks_seen:
-            return "estimated (fixed PA lung-field prior)"
+            return N_("estimated (fixed PA lung-field prior)")
         if self._lungs_estimated:
-            return "masks where the source has them, else estimated"
-        return "masks from the data source"
+            return N_("masks where the source has them, else estimated")
+        return N_("masks from the data source")
 
     def _mean_maps(self) -> dict[str, dict[str, np.ndarray]]:
         return {
@@ -416,9 +417,11 @@ def _first_by_position(images: list[_SampleImage], count: int) -> list[_SampleIm
 def _shortcut_flags(outside_lungs: float, border: float) -> list[str]:
     flags = []
     if border > IMAGE_FLAG:
-        flags.append(f"shortcut: {border:.0%} of the salient map in the image border")
+        flags.append(_("shortcut: %(share)s of the salient map in the image border")
+                     % {"share": percent(border, 0)})
     if outside_lungs > OUTSIDE_LUNGS_FLAG:
-        flags.append(f"shortcut: {outside_lungs:.0%} of the salient map outside the lungs")
+        flags.append(_("shortcut: %(share)s of the salient map outside the lungs")
+                     % {"share": percent(outside_lungs, 0)})
     return flags
 
 
@@ -524,7 +527,7 @@ def cascading_randomisation(engine, inputs, classes, max_stages: int, seed: int 
             for layer in group:
                 _reinitialise(layer, seed + index)
             maps = engine.explain(inputs, classes).raw_maps
-            stages.append(f"down to {group[-1].name}")
+            stages.append(group[-1].name)  # worded where shown: "down to <layer>"
             correlations.append(measures.rank_correlation(original, maps))
     finally:
         for variable, value in saved:

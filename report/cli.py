@@ -86,13 +86,19 @@ def _train(values: dict) -> int:
 
 
 def _explain(values: dict) -> int:
+    from report import i18n
     from report.pipeline import explain
 
     result = explain(values)
-    print(f"Model:     {result.model}")
-    print(f"Explained: {result.explained} images ({result.skipped} skipped)")
-    print(f"Accuracy:  {result.accuracy:.1%}")
-    print(f"MLflow run: {result.run_id}")
+    with i18n.use(values["language"]):
+        _ = i18n._
+        print(_("Model: %(model)s") % {"model": result.model})
+        print(i18n.ngettext("Explained: %(count)s image (%(skipped)s skipped)",
+                            "Explained: %(count)s images (%(skipped)s skipped)",
+                            result.explained) % {"count": i18n.number(result.explained),
+                                                 "skipped": i18n.number(result.skipped)})
+        print(_("Accuracy: %(accuracy)s") % {"accuracy": i18n.percent(result.accuracy)})
+        print(_("MLflow run: %(run_id)s") % {"run_id": result.run_id})
     print(result.html)
     print(result.pdf)
     return 0

@@ -16,12 +16,13 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from report import findings, measures, options
+from report import findings, i18n, measures, options
 from report.artifacts import ArtifactWriter
 from report.cam.engine import make_engine
 from report.checks import QualityResults
 from report.data import load_label_map, open_source, take_inventory
 from report.errors import OptionError, UserError
+from report.i18n import N_, _, number
 from report.model import LoadedModel
 from report.render import ReportContext, Table
 from report.result import Audit
@@ -199,10 +200,10 @@ def measure(loaded, source, values, engine, streamed, skipped, data_label,
         model_version=loaded.version or "—",
         model_alias=loaded.alias,
         model_source=loaded.source,
-        data_source=source.description,
+        data_source=source.describe(),  # in the report's language; the param stays English
         data_fingerprint=fingerprint,
         run_id=None,
-        created=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        created=i18n.timestamp(datetime.now(UTC)),
         settings=_settings_table(values, engine, source, backend),
         assumptions=list(loaded.metadata.assumed) + list(source.notes),
         class_names=list(class_names),
@@ -219,6 +220,7 @@ def measure(loaded, source, values, engine, streamed, skipped, data_label,
         flagged=flagged,
         figures=classification_figures,
         data=_inventory_table(inventory),
+        language=values.get("language", "en"),
     )
     return Audit(
         metrics=metrics,
@@ -241,28 +243,41 @@ def _roc_and_calibration(results):
 
 def _inventory_table(inventory) -> Table:
     rows = [
-        [row.source, row.class_name, str(row.found), str(row.used), str(row.skipped),
-         "; ".join(f"{reason} ({n})" for reason, n in sorted(row.reasons.items())) or "—"]
+        [row.source, row.class_name, number(row.found), number(row.used), number(row.skipped),
+         "; ".join(
+             # TRANSLATORS: why files were skipped, and how many, e.g. "unreadable (3)".
+             # The reasons are report.data's wordings, translated when its catalog has them.
+             _("%(reason)s (%(count)s)") % {"reason": _(reason), "count": number(n)}
+             for reason, n in sorted(row.reasons.items())) or "—"]
         for row in inventory.rows
     ]
-    return Table(["Source", "Class", "Found", "Used", "Skipped", "Reasons"], rows)
+    return Table([_("Source"), _("Class"), _("Found"), _("Used"), _("Skipped"), _("Reasons")],
+                 rows)
 
 
 def _settings_table(values: Mapping, engine, source, backend: str | None) -> dict[str, str]:
     height, width = engine.target.map_size
-    automatic = " (automatic)" if values["layer"] == "auto" else ""
+    layer = engine.target.name
+    if values["layer"] == "auto":
+        # TRANSLATORS: the target layer's name, chosen by the report itself.
+        layer = _("%(layer)s (automatic)") % {"layer": layer}
+    # Labels and fixed wordings stay in English (N_), as options.settings_rows gives them:
+    # the template and the run description look rows up by label and translate them where
+    # shown. Wordings with a value in them are translated here.
     rows = options.settings_rows("explain", values, resolved={
         "backend": backend,
-        "layer": engine.target.name + automatic,
-        "limit": "all images" if not values["limit"] else str(values["limit"]),
-        "split": None if source.applies_split else "all (arrays in memory are not split)",
+        "layer": layer,
+        "limit": N_("all images") if not values["limit"] else str(values["limit"]),
+        "split": None if source.applies_split else N_("all (arrays in memory are not split)"),
     })
     # The feature-map size belongs next to the layer it comes from.
     ordered = {}
     for label, wording in rows.items():
         ordered[label] = wording
         if label == "Target layer":
-            ordered["Feature map"] = f"{height} x {width}"
+            # TRANSLATORS: a feature map's height x width, in cells, e.g. "7 x 7".
+            ordered[N_("Feature map")] = _("%(height)s x %(width)s") % {
+                "height": number(height), "width": number(width)}
     return ordered
 
 

@@ -9,6 +9,13 @@ Figures are built on a bare ``matplotlib.figure.Figure`` with an explicit Agg ca
 of ``pyplot``: pyplot keeps every figure in a global registry (a leak in a long-lived process
 unless closed) and picks a GUI backend from the environment. A bare Figure does neither, so
 nothing needs closing and the backend is always Agg, whatever the caller configured.
+
+Every word drawn here is a gettext message (`report.i18n._`) and every number in a label is
+formatted for the report's language (`report.i18n.decimal`), read when the figure is built:
+call these functions inside `i18n.use(language)`. Axis tick numbers keep matplotlib's choice
+of digits and only take the language's decimal separator (`_localised_ticks`). What callers
+pass in (class names, layer names, curve labels, titles) is drawn as given: callers translate
+their own titles and labels.
 """
 
 from __future__ import annotations
@@ -16,15 +23,21 @@ from __future__ import annotations
 import io
 import math
 import textwrap
+from collections.abc import Collection
+from decimal import Decimal
 
 import cv2
 import matplotlib
 import numpy as np
+from babel.numbers import get_decimal_symbol
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import ScalarFormatter
 from sklearn.metrics import ConfusionMatrixDisplay
 
+from report import i18n
+from report.i18n import _, percent
 from report.measures import Calibration, RocCurve
 
 # Labels longer than this are rotated so neighbouring x tick labels do not overlap.
@@ -66,8 +79,8 @@ def _confusion_matrix_figure(confusion: np.ndarray, class_names: list[str]) -> F
         for label in axes.get_xticklabels():
             label.set_horizontalalignment("right")
             label.set_rotation_mode("anchor")
-    axes.set_xlabel("Predicted class")
-    axes.set_ylabel("True class")
+    axes.set_xlabel(_("Predicted class"))
+    axes.set_ylabel(_("True class"))
     return figure
 
 
@@ -123,20 +136,22 @@ def roc_svg(curves: list[RocCurve]) -> str:
             name = _plain(curve.class_name)
             if curve.auc is None:
                 handles.append(Line2D([], [], linestyle="none"))
-                labels.append(f"{name} (AUC n/a)")
+                labels.append(_auc_label(name, None))
                 continue
             (line,) = axes.plot(curve.fpr, curve.tpr, linewidth=1.6, **_line_style(index))
             handles.append(line)
-            labels.append(f"{name} (AUC {curve.auc:.3f})")
+            labels.append(_auc_label(name, curve.auc))
         (chance,) = axes.plot([0, 1], [0, 1], linestyle="--", **_REFERENCE)
         handles.append(chance)
-        labels.append("chance (AUC 0.5)")
+        # TRANSLATORS: legend entry of the diagonal of a ROC plot (a classifier that guesses).
+        labels.append(_("chance (AUC %(auc)s)") % {"auc": _decimal(0.5, 1)})
         axes.set_xlim(-0.01, 1.01)
         axes.set_ylim(-0.01, 1.01)
         axes.set_aspect("equal")
-        axes.set_xlabel("False positive rate (1 − specificity)")
-        axes.set_ylabel("True positive rate (sensitivity)")
-        axes.set_title("ROC curves, one class vs the rest")
+        axes.set_xlabel(_("False positive rate (1 − specificity)"))
+        axes.set_ylabel(_("True positive rate (sensitivity)"))
+        axes.set_title(_("ROC curves, one class vs the rest"))
+        _localised_ticks(axes)
         _legend(figure, axes, handles, labels, inside="lower right")
     return _figure_to_svg(figure)
 
@@ -150,7 +165,7 @@ def reliability_svg(calibration: Calibration) -> str:
     """
     edges = np.asarray(calibration.bin_edges, dtype=float)
     filled = np.asarray(calibration.bin_count) > 0
-    ece = "n/a" if math.isnan(calibration.ece) else f"{calibration.ece:.3f}"
+    ece = _not_available() if math.isnan(calibration.ece) else _decimal(calibration.ece, 3)
     with matplotlib.rc_context(_RC):
         figure = _new_figure(_HALF_PAGE_WIDTH, 4.3)
         top, bottom = figure.subplots(
@@ -166,10 +181,14 @@ def reliability_svg(calibration: Calibration) -> str:
             color=_PALETTE[0],
         )
         top.set_ylim(-0.02, 1.02)
-        top.set_ylabel("Accuracy")
-        top.set_title(f"Reliability diagram (ECE = {ece})")
+        top.set_ylabel(_("Accuracy"))
+        # TRANSLATORS: ECE is the expected calibration error, a metric name kept as is.
+        top.set_title(_("Reliability diagram (ECE = %(ece)s)") % {"ece": ece})
         top.legend(
-            [observed, diagonal], ["model", "perfect calibration"], loc="upper left"
+            [observed, diagonal],
+            # TRANSLATORS: legend of a reliability diagram: the model's line, the diagonal.
+            [_("model"), _("perfect calibration")],
+            loc="upper left",
         )
         bottom.bar(
             edges[:-1],
@@ -181,17 +200,24 @@ def reliability_svg(calibration: Calibration) -> str:
             linewidth=0.6,
         )
         bottom.set_xlim(0, 1)
-        bottom.set_ylabel("Images")
-        bottom.set_xlabel("Confidence (top-class probability)")
+        bottom.set_ylabel(_("Images"))
+        bottom.set_xlabel(_("Confidence (top-class probability)"))
+        _localised_ticks(top, bottom)
     return _figure_to_svg(figure)
 
 
-def deletion_insertion_svg(fractions: np.ndarray, curves: dict[str, np.ndarray], title: str) -> str:
+def deletion_insertion_svg(
+    fractions: np.ndarray,
+    curves: dict[str, np.ndarray],
+    title: str,
+    baselines: Collection[str] | None = None,
+) -> str:
     """Mean class-score curves as pixels are removed or inserted (RISE deletion/insertion).
 
     One line per entry with its area under the curve (trapezoids over ``fractions``) in the
-    legend, which sits below the axes. Entries whose label contains "random" are the
-    baselines and are drawn dashed.
+    legend, which sits below the axes. The entries named in ``baselines`` are drawn dashed;
+    without it, those whose label contains "random" (English labels: a translated label needs
+    ``baselines``). Labels and title are drawn as given: the caller translates them.
     """
     fractions = np.asarray(fractions, dtype=float)
     with matplotlib.rc_context(_RC):
@@ -205,15 +231,17 @@ def deletion_insertion_svg(fractions: np.ndarray, curves: dict[str, np.ndarray],
                     f"curve {label!r} has shape {curve.shape}, fractions {fractions.shape}"
                 )
             style = _line_style(index)
-            if "random" in label.lower():
+            baseline = label in baselines if baselines is not None else "random" in label.lower()
+            if baseline:
                 style["linestyle"] = "--"
             (line,) = axes.plot(fractions, curve, linewidth=1.6, **style)
             handles.append(line)
-            labels.append(f"{_plain(label)} (AUC {np.trapezoid(curve, fractions):.3f})")
+            labels.append(_auc_label(_plain(label), float(np.trapezoid(curve, fractions))))
         axes.set_xlim(0, 1)
-        axes.set_xlabel("Fraction of pixels removed / inserted")
-        axes.set_ylabel("Mean class score")
+        axes.set_xlabel(_("Fraction of pixels removed / inserted"))
+        axes.set_ylabel(_("Mean class score"))
         axes.set_title(_plain(title))
+        _localised_ticks(axes)
         # Deletion and insertion curves cross the whole plot, so the legend goes below it.
         _legend(figure, axes, handles, labels, inside=None)
     return _figure_to_svg(figure)
@@ -263,9 +291,11 @@ def sanity_svg(stages: list[str], correlations: list[np.ndarray]) -> str:
             axes.tick_params(axis="x", labelsize=6.5)
         axes.set_xlim(-0.5, len(stages) - 0.5)
         axes.set_ylim(min(-0.2, low - 0.05), max(1.05, high + 0.03))
-        axes.set_xlabel("Randomised up to")
-        axes.set_ylabel("Spearman correlation with\nthe trained model's maps")
-        axes.set_title("Model-parameter randomisation (mean ± sd)")
+        # TRANSLATORS: x axis of the sanity check; its ticks are layer names, output first.
+        axes.set_xlabel(_("Randomised up to"))
+        axes.set_ylabel(_("Spearman correlation with\nthe trained model's maps"))
+        axes.set_title(_("Model-parameter randomisation (mean ± sd)"))
+        _localised_ticks(axes)
     return _figure_to_svg(figure)
 
 
@@ -321,7 +351,8 @@ def mean_heatmaps_svg(
         for axes in grid[len(arrays):]:
             axes.set_axis_off()
         colorbar = figure.colorbar(image, ax=list(grid), shrink=0.9, aspect=25 * rows)
-        colorbar.set_label("Mean map value")
+        colorbar.set_label(_("Mean map value"))
+        colorbar.formatter = _LocalisedFormatter()
         colorbar.outline.set_visible(False)
         figure.suptitle(_plain(title), fontsize=9.5)
     return _figure_to_svg(figure)
@@ -375,6 +406,59 @@ def _plain(text) -> str:
     return str(text).replace("$", r"\$")
 
 
+def _not_available() -> str:
+    # TRANSLATORS: in place of a number that cannot be computed (e.g. an AUC without positives).
+    return _("n/a")
+
+
+def _decimal(value: float, digits: int) -> str:
+    """``value`` with ``digits`` decimals in the report's language (`i18n.decimal`).
+
+    Rounded from the float's exact binary value, as ``f"{value:.3f}"`` does, so English labels
+    stay as they were (Babel rounds a float's shortest repr half-even: 0.0125 would be "0.012"
+    where the f-string gives "0.013").
+    """
+    return i18n.decimal(Decimal(value), digits)
+
+
+def _auc_label(name: str, auc: float | None) -> str:
+    """A legend entry: "Normal (AUC 0.912)", "absent (AUC n/a)"."""
+    shown = _not_available() if auc is None else _decimal(auc, 3)
+    # TRANSLATORS: a legend entry; label is a class or curve name, AUC a metric name.
+    return _("%(label)s (AUC %(auc)s)") % {"label": name, "auc": shown}
+
+
+class _LocalisedFormatter(ScalarFormatter):
+    """Matplotlib's tick numbers (its digits, its minus sign) with the language's decimal
+    separator: "0.25" in English, "0,25" in Brazilian Portuguese. The separator is read when
+    the formatter is made, i.e. inside the caller's `i18n.use`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._separator = get_decimal_symbol(i18n.locale_name(i18n.current()))
+
+    def __call__(self, x, pos=None) -> str:
+        return self._localised(super().__call__(x, pos))
+
+    def get_offset(self) -> str:
+        return self._localised(super().get_offset())
+
+    def _localised(self, text: str) -> str:
+        return text if self._separator == "." else text.replace(".", self._separator)
+
+
+def _localised_ticks(*axes_list) -> None:
+    """Give numeric (linear) axes tick labels with the language's decimal separator.
+
+    Only matplotlib's own ScalarFormatter is replaced: class-name ticks (fixed labels) and
+    log axes keep theirs. Call after the ticks and scales are set.
+    """
+    for axes in axes_list:
+        for axis in (axes.xaxis, axes.yaxis):
+            if type(axis.get_major_formatter()) is ScalarFormatter:
+                axis.set_major_formatter(_LocalisedFormatter())
+
+
 def agreement_svg(class_names: list[str], spearman: list[np.ndarray],
                   iou: list[np.ndarray]) -> str:
     """Per class, the distribution over images of two agreements between two models' maps of
@@ -384,8 +468,10 @@ def agreement_svg(class_names: list[str], spearman: list[np.ndarray],
         figure = _new_figure(_HALF_PAGE_WIDTH * 2, 3.2)
         panels = figure.subplots(1, 2, sharey=True)
         for axes, values, title, low in (
-            (panels[0], spearman, "Spearman rank correlation of the maps", -1.0),
-            (panels[1], iou, "IoU of the top-15% regions", 0.0),
+            (panels[0], spearman, _("Spearman rank correlation of the maps"), -1.0),
+            # TRANSLATORS: IoU is intersection over union; share is e.g. "15%".
+            (panels[1], iou, _("IoU of the top-%(share)s regions") % {"share": percent(0.15, 0)},
+             0.0),
         ):
             finite = [np.asarray(v, dtype=float)[np.isfinite(v)] for v in values]
             positions = np.arange(len(class_names))
@@ -397,7 +483,8 @@ def agreement_svg(class_names: list[str], spearman: list[np.ndarray],
             axes.set_xlim(low - 0.05, 1.05)
             axes.axvline(0 if low < 0 else 1, **_REFERENCE)
             axes.set_title(title)
-        panels[0].set_ylabel("True class")
+        panels[0].set_ylabel(_("True class"))
+        _localised_ticks(*panels)
     return _figure_to_svg(figure)
 
 
@@ -420,7 +507,9 @@ def methods_svg(names: list[str], cost_ms: list[float], road_gap: list[float],
         if floors:
             axes.axhline(max(floors), linestyle="--", **_REFERENCE)
         axes.set_xscale("log")
-        axes.set_xlabel("Cost per image (ms, log scale)")
-        axes.set_ylabel("ROAD gap (LeRF - MoRF AUC)")
-        axes.set_title("Faithfulness against cost")
+        axes.set_xlabel(_("Cost per image (ms, log scale)"))
+        # TRANSLATORS: ROAD, LeRF, MoRF and AUC are metric names, kept as they are.
+        axes.set_ylabel(_("ROAD gap (LeRF - MoRF AUC)"))
+        axes.set_title(_("Faithfulness against cost"))
+        _localised_ticks(axes)
     return _figure_to_svg(figure)

@@ -17,6 +17,7 @@ from report.checks import (
     SANITY_PASS,
     QualityResults,
 )
+from report.i18n import N_, _, decimal, ngettext, number, percent
 from report.render import Figure, Finding, Section, Table
 
 ROBUST_SPEARMAN = 0.7  # a map this far from its original moved more than the film did
@@ -44,12 +45,15 @@ def classification_figures(roc_curves: list[measures.RocCurve],
                            calibration: measures.Calibration | None) -> list[Figure]:
     if calibration is None:
         return []
+    # Figure titles stay in English: they name the figures' MLflow artifact files (N_ only
+    # puts them in the catalog, for a translated display title).
     return [
-        Figure("ROC curves (one class vs the rest)", figures.roc_svg(roc_curves),
-               "Area under each curve in the legend; the dashed diagonal is chance."),
-        Figure("Reliability diagram", figures.reliability_svg(calibration),
-               f"Expected calibration error {calibration.ece:.3f}: how far the stated "
-               "confidence is from the observed accuracy, averaged over images."),
+        Figure(N_("ROC curves (one class vs the rest)"), figures.roc_svg(roc_curves),
+               _("Area under each curve in the legend; the dashed diagonal is chance.")),
+        Figure(N_("Reliability diagram"), figures.reliability_svg(calibration),
+               _("Expected calibration error %(ece)s: how far the stated confidence is from "
+                 "the observed accuracy, averaged over images.")
+               % {"ece": decimal(calibration.ece, 3)}),
     ]
 
 
@@ -142,14 +146,23 @@ def summary(results: QualityResults, metrics: dict[str, float], accuracy: float,
     if "shortcut.border_energy" in metrics:
         lines.append(_shortcut_line(results, n_flagged))
     if not results.plan.explanation_metrics:
-        lines.append(Finding("info", "Explanation quality was not measured (quality=off)."))
+        lines.append(Finding("info", _("Explanation quality was not measured (quality=off).")))
     return lines
 
 
 def _classification_line(metrics, accuracy: float, n_images: int) -> Finding:
     ece = metrics.get("ece")
-    calibration = f"; calibration error (ECE) {ece:.3f}" if ece is not None else ""
-    return Finding("info", f"Accuracy {accuracy:.1%} on {n_images} images{calibration}.")
+    values = {"accuracy": percent(accuracy, 1), "count": number(n_images)}
+    if ece is None:
+        text = ngettext("Accuracy %(accuracy)s on %(count)s image.",
+                        "Accuracy %(accuracy)s on %(count)s images.", n_images)
+    else:
+        text = ngettext("Accuracy %(accuracy)s on %(count)s image; calibration error (ECE) "
+                        "%(ece)s.",
+                        "Accuracy %(accuracy)s on %(count)s images; calibration error (ECE) "
+                        "%(ece)s.", n_images)
+        values["ece"] = decimal(ece, 3)
+    return Finding("info", text % values)
 
 
 def _localisation_line(metrics, n_images: int) -> Finding:
@@ -160,9 +173,14 @@ def _localisation_line(metrics, n_images: int) -> Finding:
     good = hit > chance + 0.1 and energy > energy_random
     return Finding(
         "pass" if good else "warn",
-        f"Heatmaps peak inside the lesion in {hit:.0%} of the {_images(n_images)} correctly "
-        f"classified with a lesion mask (random maps: {chance:.0%}); {energy:.0%} of their "
-        f"energy lies in the lesion (random: {energy_random:.0%}).",
+        ngettext("Heatmaps peak inside the lesion in %(hit)s of the %(count)s image correctly "
+                 "classified with a lesion mask (random maps: %(hit_random)s); %(energy)s of "
+                 "their energy lies in the lesion (random: %(energy_random)s).",
+                 "Heatmaps peak inside the lesion in %(hit)s of the %(count)s images correctly "
+                 "classified with a lesion mask (random maps: %(hit_random)s); %(energy)s of "
+                 "their energy lies in the lesion (random: %(energy_random)s).", n_images)
+        % {"hit": percent(hit, 0), "count": number(n_images), "hit_random": percent(chance, 0),
+           "energy": percent(energy, 0), "energy_random": percent(energy_random, 0)},
     )
 
 
@@ -172,40 +190,63 @@ def _faithfulness_line(metrics) -> Finding:
     insertion, insertion_random = (metrics["faithfulness.insertion_auc"],
                                    metrics["faithfulness.insertion_auc_random"])
     good = deletion < deletion_random and insertion > insertion_random
-    verdict = "matter to the model" if good else "do not clearly matter more than random ones"
-    return Finding(
-        "pass" if good else "warn",
-        f"Highlighted pixels {verdict}: deleting them first gives a deletion AUC of "
-        f"{deletion:.2f} (random order: {deletion_random:.2f}; lower is better), inserting "
-        f"them first {insertion:.2f} (random: {insertion_random:.2f}; higher is better).",
-    )
+    values = {"deletion": decimal(deletion, 2), "deletion_random": decimal(deletion_random, 2),
+              "insertion": decimal(insertion, 2), "insertion_random": decimal(insertion_random, 2)}
+    if good:
+        return Finding("pass", _(
+            "Highlighted pixels matter to the model: deleting them first gives a deletion AUC "
+            "of %(deletion)s (random order: %(deletion_random)s; lower is better), inserting "
+            "them first %(insertion)s (random: %(insertion_random)s; higher is better).")
+            % values)
+    return Finding("warn", _(
+        "Highlighted pixels do not clearly matter more than random ones: deleting them first "
+        "gives a deletion AUC of %(deletion)s (random order: %(deletion_random)s; lower is "
+        "better), inserting them first %(insertion)s (random: %(insertion_random)s; higher is "
+        "better).") % values)
 
 
 def _sanity_line(results: QualityResults) -> Finding:
-    final = results.sanity.final_correlation
+    final = decimal(results.sanity.final_correlation, 2)
     if results.sanity.passed:
-        return Finding("pass", f"Sanity check passed: with the weights randomised the maps "
-                       f"change (rank correlation {final:.2f} with the originals), so they "
-                       "depend on what the model learned.")
-    return Finding("warn", f"Sanity check failed: with the weights randomised the maps barely "
-                   f"change (rank correlation {final:.2f} ≥ {SANITY_PASS}); they may show the "
-                   "image's edges rather than the model's reasoning.")
+        return Finding("pass", _(
+            "Sanity check passed: with the weights randomised the maps change (rank "
+            "correlation %(correlation)s with the originals), so they depend on what the model "
+            "learned.") % {"correlation": final})
+    return Finding("warn", _(
+        "Sanity check failed: with the weights randomised the maps barely change (rank "
+        "correlation %(correlation)s ≥ %(threshold)s); they may show the image's edges rather "
+        "than the model's reasoning.")
+        % {"correlation": final, "threshold": _as_written(SANITY_PASS)})
 
 
 def _shortcut_line(results: QualityResults, n_flagged: int) -> Finding:
     classes = flagged_classes(results)
     if not classes:
-        return Finding("pass", f"No class puts more than {BORDER_FLAG:.0%} of its salient map in "
-                       f"the image border or more than {OUTSIDE_LUNGS_FLAG:.0%} outside the "
-                       f"lungs ({_images(n_flagged)} flagged on their own).")
-    named = "; ".join(f"{name}: {border:.0%} of its salient map in the border, {outside:.0%} "
-                      "outside the lungs" for name, border, outside in classes)
-    return Finding("warn", f"Possible shortcut — {named}. The model may read markers, text or "
-                   f"edges instead of the lungs ({_images(n_flagged)} flagged; see the list).")
+        return Finding("pass", ngettext(
+            "No class puts more than %(border)s of its salient map in the image border or more "
+            "than %(outside)s outside the lungs (%(count)s image flagged on its own).",
+            "No class puts more than %(border)s of its salient map in the image border or more "
+            "than %(outside)s outside the lungs (%(count)s images flagged on their own).",
+            n_flagged) % {"border": percent(BORDER_FLAG, 0),
+                          "outside": percent(OUTSIDE_LUNGS_FLAG, 0), "count": number(n_flagged)})
+    named = "; ".join(
+        _("%(class_name)s: %(border)s of its salient map in the border, %(outside)s outside the "
+          "lungs") % {"class_name": name, "border": percent(border, 0),
+                      "outside": percent(outside, 0)}
+        for name, border, outside in classes)
+    return Finding("warn", ngettext(
+        "Possible shortcut — %(classes)s. The model may read markers, text or edges instead of "
+        "the lungs (%(count)s image flagged; see the list).",
+        "Possible shortcut — %(classes)s. The model may read markers, text or edges instead of "
+        "the lungs (%(count)s images flagged; see the list).",
+        n_flagged) % {"classes": named, "count": number(n_flagged)})
 
 
-def _images(n: int) -> str:
-    return f"{n} image" if n == 1 else f"{n} images"
+def _as_written(threshold: float) -> str:
+    """A threshold with as many decimals as its constant is written with: 0.5 -> "0.5"."""
+    written = repr(float(threshold))
+    digits = len(written.split(".")[1]) if "." in written and "e" not in written else 3
+    return decimal(threshold, 0 if written.endswith(".0") else digits)
 
 
 # The trust-check sections, in report order, each built from the quality results alone.
@@ -238,25 +279,28 @@ def sections(results: QualityResults, n_flagged: int,
 
 def _localisation_section(results: QualityResults) -> Section | None:
     loc = results.localisation
+    title = _("Localisation: do the heatmaps point at the lesion?")
     if not len(loc.array("pointing")):
         return Section(
-            "localisation", "Localisation: do the heatmaps point at the lesion?",
-            "The data source has no lesion masks or boxes, so localisation was not measured.")
-    rows = [_localisation_row("All", loc, slice(None))]
+            "localisation", title,
+            _("The data source has no lesion masks or boxes, so localisation was not "
+              "measured."))
+    rows = [_localisation_row(_("All"), loc, slice(None))]
     labels = np.asarray(loc.labels)
     for c in np.unique(labels):
         rows.append(_localisation_row(results.class_names[c], loc, labels == c))
     return Section(
-        "localisation", "Localisation: do the heatmaps point at the lesion?",
-        "Pointing game: share of images whose heatmap maximum lies inside the lesion. Energy: "
-        "share of the heatmap's total mass inside the lesion. IoU: overlap of the heatmap "
-        "thresholded at 15% of its maximum with the lesion. Random maps of the same smoothness "
-        "are scored the same way as a reference. Correctly classified images with a lesion "
-        "mask only. The second table follows the CheXlocalize protocol (Saporta et al. 2022): "
-        "each map thresholded by Otsu's method, mIoU and hit rate per class with bootstrap "
-        "95% intervals over images.",
-        tables=[Table(["Class", "Images", "Pointing", "(random)", "Energy", "(random)", "IoU@15%",
-                       "(random)"], rows), _chexlocalize_table(results)],
+        "localisation", title,
+        _("Pointing game: share of images whose heatmap maximum lies inside the lesion. "
+          "Energy: share of the heatmap's total mass inside the lesion. IoU: overlap of the "
+          "heatmap thresholded at 15%% of its maximum with the lesion. Random maps of the same "
+          "smoothness are scored the same way as a reference. Correctly classified images with "
+          "a lesion mask only. The second table follows the CheXlocalize protocol (Saporta et "
+          "al. 2022): each map thresholded by Otsu's method, mIoU and hit rate per class with "
+          "bootstrap 95%% intervals over images.") % {},
+        tables=[Table([_("Class"), _("Images"), _("Pointing"), _("(random)"), _("Energy"),
+                       _("(random)"), _("IoU@15%"), _("(random)")], rows),
+                _chexlocalize_table(results)],
     )
 
 
@@ -288,27 +332,29 @@ def _chexlocalize_metrics(results: QualityResults) -> dict[str, float]:
 def _chexlocalize_table(results: QualityResults) -> Table:
     def shown(interval) -> str:
         mean, low, high = interval
-        return f"{mean:.2f} ({low:.2f}-{high:.2f})"
+        # TRANSLATORS: a mean and its 95% confidence interval, e.g. "0.42 (0.35-0.49)".
+        return _("%(mean)s (%(low)s-%(high)s)") % {
+            "mean": decimal(mean, 2), "low": decimal(low, 2), "high": decimal(high, 2)}
 
     loc = results.localisation
     labels = np.asarray(loc.labels)
     rows = []
     for name, scores in _chexlocalize(results).items():
         chosen = labels == results.class_names.index(name)
-        rows.append([name, str(int(chosen.sum())), shown(scores["miou"]),
-                     f"{np.nanmean(loc.array('random otsu_iou')[chosen]):.2f}",
+        rows.append([name, number(int(chosen.sum())), shown(scores["miou"]),
+                     decimal(np.nanmean(loc.array("random otsu_iou")[chosen]), 2),
                      shown(scores["hit_rate"]),
-                     f"{np.nanmean(loc.array('random pointing')[chosen]):.2f}"])
-    return Table(["Class", "Images", "mIoU, Otsu (95% CI)", "(random)", "Hit rate (95% CI)",
-                  "(random)"], rows)
+                     decimal(np.nanmean(loc.array("random pointing")[chosen]), 2)])
+    return Table([_("Class"), _("Images"), _("mIoU, Otsu (95% CI)"), _("(random)"),
+                  _("Hit rate (95% CI)"), _("(random)")], rows)
 
 
 def _localisation_row(name, loc, selection) -> list[str]:
     def mean(key):
         return float(np.nanmean(loc.array(key)[selection]))
 
-    return [name, str(len(loc.array("pointing")[selection]))] + [
-        f"{mean(prefix + key):.2f}"
+    return [name, number(len(loc.array("pointing")[selection]))] + [
+        decimal(mean(prefix + key), 2)
         for key in ("pointing", "energy", "iou") for prefix in ("", "random ")
     ]
 
@@ -317,36 +363,54 @@ def _faithfulness_section(results: QualityResults) -> Section | None:
     faith = results.faithfulness
     if faith is None:
         return None
-    rows = [_faithfulness_row("All", faith, slice(None))]
+    rows = [_faithfulness_row(_("All"), faith, slice(None))]
     for c in np.unique(faith.labels[faith.labels >= 0]):
         rows.append(_faithfulness_row(results.class_names[c], faith, faith.labels == c))
     mean = {name: curve.mean(axis=0) for name, curve in faith.curves.items()}
+    n = len(faith.labels)
+    reading = " ".join([
+        ngettext("On a sample of %(count)s image, pixels are removed (set to black) or "
+                 "inserted (into a blurred copy) in the order of the heatmap, most important "
+                 "first, and the probability of the explained class is tracked (Petsiuk et al. "
+                 "2018).",
+                 "On a sample of %(count)s images, pixels are removed (set to black) or "
+                 "inserted (into a blurred copy) in the order of the heatmap, most important "
+                 "first, and the probability of the explained class is tracked (Petsiuk et al. "
+                 "2018).", n) % {"count": number(n)},
+        _("A faithful map makes deletion fall fast (low AUC) and insertion rise fast (high "
+          "AUC), compared with random maps. Average Drop: mean %% of the probability lost when "
+          "only the map-weighted image is shown (lower is better); Increase in Confidence: %% "
+          "of images whose probability rises (Chattopadhyay et al. 2018).") % {},
+    ])
+    # The checks give Average Drop and Increase in Confidence in percent (0-100).
+    drop, increase = faith.average_drop, faith.increase_in_confidence
+    heatmap_order, random_order = _("heatmap order"), _("random order")
+    # Figure titles stay in English (artifact file names; N_ only marks them for the
+    # catalog); the titles passed to the SVG functions are drawn, so translated.
     return Section(
-        "faithfulness", "Faithfulness: do the highlighted pixels matter to the model?",
-        f"On a sample of {len(faith.labels)} images, pixels are removed (set to black) or "
-        "inserted (into a blurred copy) in the order of the heatmap, most important first, "
-        "and the probability of the explained class is tracked (Petsiuk et al. 2018). A "
-        "faithful map makes deletion fall fast (low AUC) and insertion rise fast (high AUC), "
-        "compared with random maps. Average Drop: mean % of the probability lost when only "
-        "the map-weighted image is shown (lower is better); Increase in Confidence: % of "
-        "images whose probability rises (Chattopadhyay et al. 2018).",
+        "faithfulness", _("Faithfulness: do the highlighted pixels matter to the model?"),
+        reading,
         findings=[
-            Finding("info", f"Average Drop {faith.average_drop['cam']:.1f}% (random maps "
-                    f"{faith.average_drop['random']:.1f}%); Increase in Confidence "
-                    f"{faith.increase_in_confidence['cam']:.1f}% (random "
-                    f"{faith.increase_in_confidence['random']:.1f}%)."),
+            Finding("info", _("Average Drop %(drop)s (random maps %(drop_random)s); Increase "
+                              "in Confidence %(increase)s (random %(increase_random)s).")
+                    % {"drop": percent(drop["cam"] / 100, 1),
+                       "drop_random": percent(drop["random"] / 100, 1),
+                       "increase": percent(increase["cam"] / 100, 1),
+                       "increase_random": percent(increase["random"] / 100, 1)}),
         ],
-        tables=[Table(["Class", "Images", "Deletion AUC", "(random)", "Insertion AUC",
-                       "(random)"], rows)],
+        tables=[Table([_("Class"), _("Images"), _("Deletion AUC"), _("(random)"),
+                       _("Insertion AUC"), _("(random)")], rows)],
         figures=[
-            Figure("Deletion", figures.deletion_insertion_svg(
-                faith.fractions, {"heatmap order": mean["deletion"],
-                                  "random order": mean["random deletion"]}, "Deletion"),
-                   "Mean class probability as pixels are removed; lower is better."),
-            Figure("Insertion", figures.deletion_insertion_svg(
-                faith.fractions, {"heatmap order": mean["insertion"],
-                                  "random order": mean["random insertion"]}, "Insertion"),
-                   "Mean class probability as pixels are restored; higher is better."),
+            Figure(N_("Deletion"), figures.deletion_insertion_svg(
+                faith.fractions, {heatmap_order: mean["deletion"],
+                                  random_order: mean["random deletion"]}, _("Deletion"),
+                baselines=[random_order]),
+                   _("Mean class probability as pixels are removed; lower is better.")),
+            Figure(N_("Insertion"), figures.deletion_insertion_svg(
+                faith.fractions, {heatmap_order: mean["insertion"],
+                                  random_order: mean["random insertion"]}, _("Insertion"),
+                baselines=[random_order]),
+                   _("Mean class probability as pixels are restored; higher is better.")),
         ],
     )
 
@@ -354,29 +418,31 @@ def _faithfulness_section(results: QualityResults) -> Section | None:
 def _faithfulness_row(name, faith, selection) -> list[str]:
     aucs = [float(np.mean(measures.curve_auc(faith.curves[key][selection])))
             for key in ("deletion", "random deletion", "insertion", "random insertion")]
-    return [name, str(len(faith.labels[selection]))] + [f"{v:.3f}" for v in aucs]
+    return [name, number(len(faith.labels[selection]))] + [decimal(v, 3) for v in aucs]
 
 
 def _sanity_section(results: QualityResults) -> Section | None:
     sanity = results.sanity
     if sanity is None or not sanity.correlations:
         return None
-    rows = [[stage, f"{np.nanmean(c):.2f}", f"{np.nanstd(c):.2f}"]
-            for stage, c in zip(sanity.stages, sanity.correlations, strict=True)]
+    stages = [_("down to %(layer)s") % {"layer": layer} for layer in sanity.stages]
+    rows = [[stage, decimal(np.nanmean(c), 2), decimal(np.nanstd(c), 2)]
+            for stage, c in zip(stages, sanity.correlations, strict=True)]
     return Section(
-        "sanity", "Sanity check: do the maps depend on the model?",
-        "The model's weights are re-initialised layer by layer from the output down "
-        "(cascading randomisation, Adebayo et al. 2018) and each stage's maps are compared "
-        "with the original ones by Spearman rank correlation. Maps of a trustworthy method "
-        f"lose their resemblance (correlation well below {SANITY_PASS}); maps that survive "
-        "the destruction of the model show the image, not the model. The registered model is "
-        "untouched: weights are restored afterwards.",
+        "sanity", _("Sanity check: do the maps depend on the model?"),
+        _("The model's weights are re-initialised layer by layer from the output down "
+          "(cascading randomisation, Adebayo et al. 2018) and each stage's maps are compared "
+          "with the original ones by Spearman rank correlation. Maps of a trustworthy method "
+          "lose their resemblance (correlation well below %(threshold)s); maps that survive "
+          "the destruction of the model show the image, not the model. The registered model is "
+          "untouched: weights are restored afterwards.")
+        % {"threshold": _as_written(SANITY_PASS)},
         findings=[_sanity_line(results)],
-        tables=[Table(["Randomised", "Spearman (mean)", "(sd)"], rows)],
-        figures=[Figure("Rank correlation per stage",
-                        figures.sanity_svg(sanity.stages, sanity.correlations),
-                        "Correlation of the maps with the originals as more layers are "
-                        "randomised.")],
+        tables=[Table([_("Randomised"), _("Spearman (mean)"), _("(sd)")], rows)],
+        figures=[Figure(N_("Rank correlation per stage"),
+                        figures.sanity_svg(stages, sanity.correlations),
+                        _("Correlation of the maps with the originals as more layers are "
+                          "randomised."))],
     )
 
 
@@ -385,33 +451,46 @@ def _shortcut_section(results: QualityResults, n_flagged: int) -> Section | None
     if not len(short.array("border")):
         return None
     border, outside = _per_class(short, "border"), _per_class(short, "outside_lungs")
-    rows = [[results.class_names[c], f"{border[c]:.2f}", f"{outside.get(c, float('nan')):.2f}",
-             "yes" if border[c] > BORDER_FLAG or outside.get(c, 0) > OUTSIDE_LUNGS_FLAG
-             else "no"]
+    rows = [[results.class_names[c], decimal(border[c], 2),
+             decimal(outside.get(c, float("nan")), 2),
+             _("yes") if border[c] > BORDER_FLAG or outside.get(c, 0) > OUTSIDE_LUNGS_FLAG
+             else _("no")]
             for c in sorted(border)]
-    rows.append(["random maps", f"{np.nanmean(short.array('random border')):.2f}",
-                 f"{np.nanmean(short.array('random outside_lungs')):.2f}", ""])
+    random_border = np.nanmean(short.array("random border"))
+    rows.append([_("random maps"), decimal(random_border, 2),
+                 decimal(np.nanmean(short.array("random outside_lungs")), 2), ""])
     mean_maps = results.mean_maps
+    drawn_titles = {"true": _("Mean heatmap by true class"),
+                    "predicted": _("Mean heatmap by predicted class")}
+    # Figure titles stay in English (they name the artifact files; N_ only marks them).
+    figure_titles = {"true": N_("Mean heatmap per true class"),
+                     "predicted": N_("Mean heatmap per predicted class")}
     shown = [
-        Figure(f"Mean heatmap per {kind} class",
-               figures.mean_heatmaps_svg(mean_maps[kind], f"Mean heatmap by {kind} class"),
-               "Where the evidence usually lies; a bright corner or edge is a warning sign.")
+        Figure(figure_titles[kind],
+               figures.mean_heatmaps_svg(mean_maps[kind], drawn_titles[kind]),
+               _("Where the evidence usually lies; a bright corner or edge is a warning sign."))
         for kind in ("true", "predicted") if mean_maps.get(kind)
     ]
     return Section(
-        "shortcuts", "Shortcuts: does the model look at the lungs?",
-        "Models trained on pooled COVID-19 data sets have been shown to score well by reading "
-        "hospital text markers, laterality tokens and image borders instead of the lungs "
-        "(DeGrave et al. 2021). For every image, the salient part of its heatmap (values at "
-        "least half the map's maximum) is located: its share of energy in a border band (8% "
-        f"of the image side; random maps put {np.nanmean(short.array('random border')):.0%} "
-        "there) and outside the lung fields. Classes past "
-        f"{BORDER_FLAG:.0%} in the border or {OUTSIDE_LUNGS_FLAG:.0%} outside the lungs are "
-        f"flagged, and single images past {IMAGE_FLAG:.0%} / {OUTSIDE_LUNGS_FLAG:.0%} are "
-        f"listed. Lung fields: {results.lung_source}.",
+        "shortcuts", _("Shortcuts: does the model look at the lungs?"),
+        _("Models trained on pooled COVID-19 data sets have been shown to score well by "
+          "reading hospital text markers, laterality tokens and image borders instead of the "
+          "lungs (DeGrave et al. 2021). For every image, the salient part of its heatmap "
+          "(values at least half the map's maximum) is located: its share of energy in a "
+          "border band (8%% of the image side; random maps put %(random_border)s there) and "
+          "outside the lung fields. Classes past %(class_border)s in the border or "
+          "%(class_outside)s outside the lungs are flagged, and single images past "
+          "%(image_border)s / %(image_outside)s are listed. Lung fields: %(lung_fields)s.")
+        % {"random_border": percent(random_border, 0),
+           "class_border": percent(BORDER_FLAG, 0),
+           "class_outside": percent(OUTSIDE_LUNGS_FLAG, 0),
+           "image_border": percent(IMAGE_FLAG, 0),
+           "image_outside": percent(OUTSIDE_LUNGS_FLAG, 0),
+           # checks.QualityAccumulator's wording; translated when marked there (N_).
+           "lung_fields": _(results.lung_source)},
         findings=[_shortcut_line(results, n_flagged)],
-        tables=[Table(["Class (true)", "Salient map in border", "Outside lungs", "Flagged"],
-                      rows)],
+        tables=[Table([_("Class (true)"), _("Salient map in border"), _("Outside lungs"),
+                       _("Flagged")], rows)],
         figures=shown,
     )
 
@@ -428,27 +507,42 @@ def _baselines_section(results: QualityResults) -> Section | None:
         cells = [scores.values[explainer][key] for explainer in titles]
         if not np.isfinite(cells[0]):
             continue
-        rows.append([f"{label} ({'higher' if higher else 'lower'} is better)",
-                     *("—" if not np.isfinite(v) else f"{v:.3f}" for v in cells)])
+        # baselines.METRICS' labels; translated when marked there (N_).
+        check = (_("%(check)s (higher is better)") if higher
+                 else _("%(check)s (lower is better)")) % {"check": _(label)}
+        rows.append([check, *("—" if not np.isfinite(v) else decimal(v, 3) for v in cells)])
     line = _baselines_line(scores)
-    curves = {f"{titles[k]}, {order.upper()}": scores.road_curves[k][order]
+    curves = {f"{_(titles[k])}, {order.upper()}": scores.road_curves[k][order]
               for k in ("method", "randomcam", "sobel") for order in ("morf", "lerf")}
+    reading = " ".join([
+        ngettext("On %(count)s image of the sample, the method's maps are scored beside three "
+                 "explainers that know nothing: RandomCAM (the model's features under random "
+                 "channel weights), Sobel edges (the film's own edges, no model) and random "
+                 "smooth maps.",
+                 "On %(count)s images of the sample, the method's maps are scored beside three "
+                 "explainers that know nothing: RandomCAM (the model's features under random "
+                 "channel weights), Sobel edges (the film's own edges, no model) and random "
+                 "smooth maps.", scores.n_images) % {"count": number(scores.n_images)},
+        ngettext("ROAD (Rong et al. 2022, on the first %(count)s image) removes pixels in the "
+                 "map's order, most relevant first (MoRF) or least relevant first (LeRF), and "
+                 "fills them from their neighbours with a little noise instead of black, which "
+                 "an X-ray never shows the model; the gap between the two curves is the map's "
+                 "faithfulness.",
+                 "ROAD (Rong et al. 2022, on the first %(count)s images) removes pixels in the "
+                 "map's order, most relevant first (MoRF) or least relevant first (LeRF), and "
+                 "fills them from their neighbours with a little noise instead of black, which "
+                 "an X-ray never shows the model; the gap between the two curves is the map's "
+                 "faithfulness.", scores.road_images) % {"count": number(scores.road_images)},
+    ])
     return Section(
-        "baselines", "Against baselines: does the method know more than chance?",
-        f"On {scores.n_images} images of the sample, the method's maps are scored beside "
-        "three explainers that know nothing: RandomCAM (the model's features under random "
-        "channel weights), Sobel edges (the film's own edges, no model) and random smooth "
-        "maps. ROAD (Rong et al. 2022, on the first "
-        f"{scores.road_images} images) removes pixels in the map's order, most relevant "
-        "first (MoRF) or least relevant first (LeRF), and fills them from their neighbours "
-        "with a little noise instead of black, which an X-ray never shows the model; the gap "
-        "between the two curves is the map's faithfulness.",
+        "baselines", _("Against baselines: does the method know more than chance?"),
+        reading,
         findings=[line],
-        tables=[Table(["Check", *titles.values()], rows)],
-        figures=[Figure("ROAD", figures.deletion_insertion_svg(
-            scores.road_fractions, curves, "ROAD: MoRF and LeRF"),
-            "Mean class probability as pixels are removed and imputed; the method's MoRF "
-            "should fall fastest and its LeRF stay highest.")],
+        tables=[Table([_("Check"), *(_(title) for title in titles.values())], rows)],
+        figures=[Figure(N_("ROAD"), figures.deletion_insertion_svg(
+            scores.road_fractions, curves, _("ROAD: MoRF and LeRF")),
+            _("Mean class probability as pixels are removed and imputed; the method's MoRF "
+              "should fall fastest and its LeRF stay highest."))],
     )
 
 
@@ -456,21 +550,30 @@ def _robustness_section(results: QualityResults) -> Section | None:
     stable = results.robustness
     if stable is None:
         return None
-    rows = [[label[0].upper() + label[1:], _two(ssim), _two(rho),
-             "—" if flips is None else str(flips)]
-            for label, ssim, rho, flips, _ in stable.rows()]
+    rows = [[_capitalised(_(label)), _two(ssim), _two(rho),
+             "—" if flips is None else number(flips)]
+            for label, ssim, rho, flips, _n in stable.rows()]
     line = _robustness_line(stable)
+    reading = " ".join([
+        ngettext("%(count)s image of the sample is changed as a second acquisition of the same "
+                 "film might be: sensor noise (3%% of the range), a 4-pixel shift (the map is "
+                 "shifted back before the comparison), JPEG at quality 75 and 10%% lower "
+                 "contrast.",
+                 "%(count)s images of the sample are changed as a second acquisition of the "
+                 "same film might be: sensor noise (3%% of the range), a 4-pixel shift (the map "
+                 "is shifted back before the comparison), JPEG at quality 75 and 10%% lower "
+                 "contrast.", stable.n) % {"count": number(stable.n)},
+        _("Each changed film is explained for the same class, and its map compared with the "
+          "original by SSIM and Spearman rank correlation; random maps give the floor. A "
+          "prediction flip is a changed film the model classifies differently. Below "
+          "%(threshold)s a map moves more than the film did.")
+        % {"threshold": _as_written(ROBUST_SPEARMAN)},
+    ])
     return Section(
-        "robustness", "Robustness: do the maps survive acquisition changes?",
-        f"{stable.n} images of the sample are changed as a second acquisition of the same "
-        "film might be: sensor noise (3% of the range), a 4-pixel shift (the map is shifted "
-        "back before the comparison), JPEG at quality 75 and 10% lower contrast. Each changed "
-        "film is explained for the same class, and its map compared with the original by "
-        "SSIM and Spearman rank correlation; random maps give the floor. A prediction flip is "
-        f"a changed film the model classifies differently. Below {ROBUST_SPEARMAN} a map "
-        "moves more than the film did.",
+        "robustness", _("Robustness: do the maps survive acquisition changes?"),
+        reading,
         findings=[line],
-        tables=[Table(["Change", "SSIM", "Spearman", "Prediction flips"], rows)],
+        tables=[Table([_("Change"), "SSIM", "Spearman", _("Prediction flips")], rows)],
     )
 
 
@@ -478,11 +581,15 @@ def _baselines_line(scores) -> Finding:
     wins, losses = scores.beaten()
     method = dict(scores.explainers)["method"]
     if losses:
-        return Finding("warn", f"{method} does no better than a baseline (RandomCAM, Sobel "
-                       f"edges or random maps) on: {', '.join(losses)}. There, the check "
-                       "measures the film or the features, not what the model made of them.")
-    return Finding("pass", f"{method} beats RandomCAM, Sobel edges and random maps on every "
-                   f"check ({len(wins)}).")
+        # baselines.METRICS' labels; translated when marked there (N_).
+        return Finding("warn", _(
+            "%(method)s does no better than a baseline (RandomCAM, Sobel edges or random maps) "
+            "on: %(checks)s. There, the check measures the film or the features, not what the "
+            "model made of them.")
+            % {"method": method, "checks": ", ".join(_(label) for label in losses)})
+    return Finding("pass", _("%(method)s beats RandomCAM, Sobel edges and random maps on every "
+                             "check (%(count)s).")
+                   % {"method": method, "count": number(len(wins))})
 
 
 def _robustness_line(stable) -> Finding:
@@ -491,16 +598,28 @@ def _robustness_line(stable) -> Finding:
     means = {name: _finite_mean(values) for name, values in stable.spearman.items()}
     measured = {name: value for name, value in means.items() if np.isfinite(value)}
     flips = sum(stable.flips.values())
-    changed = f"{flips} of {len(stable.flips) * stable.n} predictions flipped"
+    predictions = len(stable.flips) * stable.n
+    values = {"flipped": number(flips), "count": number(predictions)}
     if not measured:
-        return Finding("warn", "The maps' stability could not be measured: they are flat "
-                       f"(all zero) on the changed films; {changed}.")
+        return Finding("warn", ngettext(
+            "The maps' stability could not be measured: they are flat (all zero) on the "
+            "changed films; %(flipped)s of %(count)s prediction flipped.",
+            "The maps' stability could not be measured: they are flat (all zero) on the "
+            "changed films; %(flipped)s of %(count)s predictions flipped.",
+            predictions) % values)
     weakest = min(measured, key=measured.get)
     level = "pass" if measured[weakest] >= ROBUST_SPEARMAN and not flips else "warn"
-    return Finding(level, f"Under acquisition changes the maps are least stable under "
-                   f"{PERTURBATIONS[weakest].label} (Spearman {measured[weakest]:.2f} with "
-                   f"the original; random maps {_finite_mean(stable.random_spearman):.2f}); "
-                   f"{changed}.")
+    return Finding(level, ngettext(
+        "Under acquisition changes the maps are least stable under %(change)s (Spearman "
+        "%(spearman)s with the original; random maps %(random)s); %(flipped)s of %(count)s "
+        "prediction flipped.",
+        "Under acquisition changes the maps are least stable under %(change)s (Spearman "
+        "%(spearman)s with the original; random maps %(random)s); %(flipped)s of %(count)s "
+        "predictions flipped.", predictions)
+        # robustness.PERTURBATIONS' labels; translated when marked there.
+        % {**values, "change": _(PERTURBATIONS[weakest].label),
+           "spearman": decimal(measured[weakest], 2),
+           "random": decimal(_finite_mean(stable.random_spearman), 2)})
 
 
 def _finite_mean(values) -> float:
@@ -510,4 +629,8 @@ def _finite_mean(values) -> float:
 
 
 def _two(value: float) -> str:
-    return f"{value:.2f}" if np.isfinite(value) else "—"
+    return decimal(value, 2) if np.isfinite(value) else "—"
+
+
+def _capitalised(text: str) -> str:
+    return text[:1].upper() + text[1:]

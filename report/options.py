@@ -21,6 +21,13 @@ from typing import Any
 
 from report.errors import OptionError
 
+
+def N_(message: str) -> str:  # noqa: N802 - gettext's name: marks a message for the catalog
+    """Settings labels and wordings stay English here (run_note and tests key on them); the
+    report translates them where it shows them (report/i18n.py)."""
+    return message
+
+
 NONE_WORDS = ("", "none", "null")
 TRUE_WORDS = ("yes", "true", "1")
 FALSE_WORDS = ("no", "false", "0")
@@ -54,9 +61,9 @@ class Option:
         if isinstance(self.choices, Mapping) and value in self.choices:
             return self.choices[value]
         if value is None:
-            return "none"
+            return N_("none")
         if isinstance(value, bool):
-            return "yes" if value else "no"
+            return N_("yes") if value else N_("no")
         if isinstance(value, list | tuple):
             return ", ".join(str(v) for v in value)
         return f"{value:g}" if isinstance(value, float) else str(value)
@@ -73,17 +80,18 @@ METHODS = {
     "ablationcam": "Ablation-CAM (Desai and Ramaswamy 2020)",
 }
 SCORES = {
-    "logit": "pre-activation logit of the explained class",
-    "probability": "probability of the explained class (after softmax/sigmoid)",
+    "logit": N_("pre-activation logit of the explained class"),
+    "probability": N_("probability of the explained class (after softmax/sigmoid)"),
 }
 NORMALISATIONS = {
-    "image": "per image, min-max (maps are not comparable across images)",
-    "global": "one scale for the whole report (maps are comparable across images)",
+    "image": N_("per image, min-max (maps are not comparable across images)"),
+    "global": N_("one scale for the whole report (maps are comparable across images)"),
 }
 BACKENDS = {
-    "local": "this machine",
+    "local": N_("this machine"),
     "spark": "Apache Spark",
 }
+LANGUAGES = {"en": "English", "pt-BR": "português (Brasil)"}
 QUALITY_LEVELS = ("full", "fast", "off")
 SPLITS = ("test", "train", "all")
 COLORMAPS = ("viridis", "jet", "inferno")
@@ -107,31 +115,32 @@ EXPLAIN = (
     MODEL_URI,
     DATA,
     Option("split", "str", "test", "which part of the data to explain", choices=SPLITS,
-           label="Split"),
-    Option("method", "str", "gradcam", "CAM method", choices=METHODS, label="Method"),
+           label=N_("Split")),
+    Option("method", "str", "gradcam", "CAM method", choices=METHODS, label=N_("Method")),
     Option("layer", "str", "auto",
-           "target layer name, outer/inner for nested models, or auto", label="Target layer"),
+           "target layer name, outer/inner for nested models, or auto", label=N_("Target layer")),
     Option("score", "str", "logit",
            "class score to explain: the pre-activation logit or the probability",
-           choices=SCORES, label="Class score"),
+           choices=SCORES, label=N_("Class score")),
     Option("normalize", "str", "image",
            "map scaling: per image (min-max) or one scale for the whole report",
-           choices=NORMALISATIONS, label="Normalisation"),
+           choices=NORMALISATIONS, label=N_("Normalisation")),
     Option("batch_size", "int", 32, "images per compiled pass", minimum=1, maximum=4096,
-           label="Batch size"),
+           label=N_("Batch size")),
     Option("alpha", "float", 0.5, "heatmap opacity over the film, 0..1 (the tutorial's 0.5)",
-           minimum=0.0, maximum=1.0, label="Alpha"),
-    Option("colormap", "str", "viridis", "heatmap colours", choices=COLORMAPS, label="Colormap"),
+           minimum=0.0, maximum=1.0, label=N_("Alpha")),
+    Option("colormap", "str", "viridis", "heatmap colours", choices=COLORMAPS,
+           label=N_("Colormap")),
     Option("overlay_format", "str", "png",
            "overlay files: png (lossless) or jpeg (about 9x cheaper to encode, 6x smaller); "
-           "raw maps stay lossless in cams/", choices=OVERLAY_FORMATS, label="Overlay format"),
-    Option("limit", "int", 0, "explain at most N images; 0 = all", minimum=0, label="Limit"),
+           "raw maps stay lossless in cams/", choices=OVERLAY_FORMATS, label=N_("Overlay format")),
+    Option("limit", "int", 0, "explain at most N images; 0 = all", minimum=0, label=N_("Limit")),
     Option("workers", "int", 0,
            "threads that decode images and encode overlays beside the engine; 0 = one per core",
            minimum=0, maximum=64),
     Option("quality", "str", "fast",
            "explanation-quality checks: fast samples 16 images, full 128, off none",
-           choices=QUALITY_LEVELS, label="Quality checks"),
+           choices=QUALITY_LEVELS, label=N_("Quality checks")),
     Option("label_map", "path", None,
            "YAML file mapping source labels to the model's classes (or null)", nullable=True),
     Option("class_names", "list", None,
@@ -142,13 +151,18 @@ EXPLAIN = (
            "author you trust"),
     Option("backend", "str", "local",
            "where the images are explained: this process, or a Spark cluster (the same "
-           "report, partitions explained by executors)", choices=BACKENDS, label="Backend"),
+           "report, partitions explained by executors)", choices=BACKENDS, label=N_("Backend")),
     Option("spark_master", "str", "local[*]",
            "Spark master URL for backend=spark (local[N] on this machine, spark://HOST:PORT, "
            "yarn, k8s://...); an already active Spark session is used as it is"),
     Option("partitions", "int", 0,
            "Spark partitions of the image list for backend=spark; 0 = Spark's default "
            "parallelism (one per executor core)", minimum=0),
+    Option("language", "str", "en",
+           "the language of the report, its figures, the run description and the closing "
+           "summary: en or pt-BR (Brazilian Portuguese; numbers and dates in its format). "
+           "Metric names, artifact paths, params and class names stay as they are",
+           choices=LANGUAGES, label=N_("Language")),
     Option("output_dir", "path", "reports",
            "folder for what the run writes locally, under a subfolder per run: the report's "
            "copy (<run id>/report.html, .pdf) on the command line, the artifact files in "

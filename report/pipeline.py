@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 from tqdm import tqdm
 
-from report import core, options, sinks, tracking
+from report import core, i18n, options, sinks, tracking
 from report.cam.engine import share_cores_with_workers
 from report.data import SYNTHETIC_NAMES, detect_layouts, open_source
 from report.data.batches import iter_batches
@@ -148,8 +148,9 @@ def explain(values: dict) -> ReportRun:
     ):
         try:
             run_id = run.info.run_id
-            audit = core.run_audit(loaded, source, values, Path(staging), values["data"],
-                                   run_id)
+            with i18n.use(values["language"]):  # the findings are worded while measured
+                audit = core.run_audit(loaded, source, values, Path(staging),
+                                       values["data"], run_id)
             files = sinks.write_report(audit, report_root / run_id, run_id)
             sinks.log_audit(audit, run_id, files)
         except BaseException as error:  # Ctrl-C too: the run says why and keeps what exists

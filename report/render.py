@@ -9,7 +9,6 @@ autoescaping; nothing in the template is marked ``|safe``.
 from __future__ import annotations
 
 import base64
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -18,6 +17,7 @@ from pathlib import Path
 import jinja2
 import numpy as np
 
+from report import i18n
 from report.figures import confusion_matrix_svg
 
 # Installed (pip install of a clone or a wheel), the templates ship inside the package as
@@ -30,6 +30,7 @@ TEMPLATES_DIR = (
 )
 TEMPLATE_NAME = "report.html.j2"
 
+# Both wordings are shown in every language (the Portuguese one first in a Portuguese report).
 DISCLAIMER = "Not for clinical use. These results are exploratory and have no diagnostic value."
 DISCLAIMER_PT = "Os resultados não apresentam caráter clínico, mas sim exploratório."
 
@@ -134,21 +135,27 @@ class ReportContext:
     flagged: Sequence[tuple[str, str, str]] = ()  # (image id, true class, flags)
     figures: Sequence[Figure] = ()  # classification figures: ROC curves, reliability diagram
     data: Table | None = None  # per source and class: files found, used, skipped (and why)
+    language: str = "en"  # the report's language: i18n.LANGUAGES ("en" | "pt-BR")
 
 
 def render_html(context: ReportContext) -> str:
-    """Render the self-contained HTML report (also the input of the PDF)."""
+    """Render the self-contained HTML report (also the input of the PDF), in its language.
+
+    The template's messages are translated as it renders (`_`, `ngettext` read the language
+    set here); titles, readings and findings arrive already translated."""
     template = _environment().get_template(TEMPLATE_NAME)
-    return template.render(
-        report=context,
-        disclaimer=DISCLAIMER,
-        disclaimer_pt=DISCLAIMER_PT,
-        finding_markers=FINDING_MARKERS,
-        fingerprint_short=context.data_fingerprint[:FINGERPRINT_SHOWN_CHARS],
-        confusion_svg_uri=_data_uri(
-            "image/svg+xml", confusion_matrix_svg(context.confusion, context.class_names).encode()
-        ),
-    )
+    with i18n.use(context.language):
+        return template.render(
+            report=context,
+            disclaimer=DISCLAIMER,
+            disclaimer_pt=DISCLAIMER_PT,
+            finding_markers=FINDING_MARKERS,
+            fingerprint_short=context.data_fingerprint[:FINGERPRINT_SHOWN_CHARS],
+            confusion_svg_uri=_data_uri(
+                "image/svg+xml",
+                confusion_matrix_svg(context.confusion, context.class_names).encode(),
+            ),
+        )
 
 
 def write_pdf(html: str, path: Path) -> Path:
@@ -200,13 +207,23 @@ def _environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,  # a typo in the template fails loudly, not blank
         trim_blocks=True,
         lstrip_blocks=True,
+        extensions=["jinja2.ext.i18n"],
     )
+    # `_` and `ngettext` read the language when called (i18n.use), so this one cached
+    # environment serves every language. Newstyle: placeholders are named and autoescaped,
+    # `{{ _("True class: %(name)s", name=grid.class_name) }}`.
+    environment.install_gettext_callables(gettext=i18n._, ngettext=i18n.ngettext, newstyle=True)
     environment.filters.update(
         overlay_data_uri=lambda item: _data_uri(item.media_type, item.overlay),
         svg_data_uri=lambda svg: _data_uri("image/svg+xml", svg.encode("utf-8")),
         percent=_format_percent,
         decimal=_format_decimal,
-        count_noun=_count_noun,
+        number=i18n.number,
+        # Data that may be a catalog message (figure titles, Settings labels and wordings,
+        # marked N_ where declared): translated, then autoescaped like any other value.
+        # Not `_(value)`: newstyle gettext marks its result safe and %-formats it.
+        translate=_translate,
+        page_label=_page_label,
         b64=lambda payload: base64.b64encode(payload).decode("ascii"),
     )
     return environment
@@ -216,19 +233,24 @@ def _data_uri(media_type: str, payload: bytes) -> str:
     return f"data:{media_type};base64,{base64.b64encode(payload).decode('ascii')}"
 
 
-def _is_missing(value: float | None) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
 def _format_percent(value: float | None, digits: int = 1) -> str:
-    return MISSING if _is_missing(value) else f"{value:.{digits}%}"
+    """0.932 -> "93.2%" ("93,2%" in Portuguese); "—" when missing (None or NaN)."""
+    return i18n.percent(value, digits)
 
 
 def _format_decimal(value: float | None, digits: int = 3) -> str:
     # Precision is undefined (NaN) for a class that is never predicted.
-    return MISSING if _is_missing(value) else f"{value:.{digits}f}"
+    return i18n.decimal(value, digits)
 
 
-def _count_noun(count: int, singular: str, plural: str | None = None) -> str:
-    noun = singular if count == 1 else (plural or singular + "s")
-    return f"{count} {noun}"
+def _translate(message: str) -> str:
+    """A data string in the report's language when the catalog has it, else as it is."""
+    return i18n._(message) if message else message
+
+
+def _page_label(label: str) -> list[str]:
+    """The PDF footer's "page N of M", translated with its two numbers replaced by NUL, as the
+    texts before, between and after the page counters (CSS counters cannot be message
+    placeholders). A translation that lost a number still gives three parts."""
+    parts = str(label).split("\x00", 2)
+    return parts + [""] * (3 - len(parts))

@@ -21,6 +21,7 @@ import numpy as np
 from skimage.metrics import structural_similarity
 
 from report import measures
+from report.i18n import N_
 
 NOISE_SD = 0.03  # of each image's value range
 SHIFT_PIXELS = 4
@@ -94,13 +95,16 @@ def lower_contrast(inputs: np.ndarray, rng: np.random.Generator):
     return (mean + CONTRAST * (inputs - mean)).astype(np.float32), _unmoved(inputs)
 
 
+# Labels are English messages for the catalog (translated where shown), so they are written
+# out rather than formatted from the constants above; tests/test_robustness.py keeps them in
+# step with those.
 PERTURBATIONS: dict[str, Perturbation] = {
-    "noise": Perturbation(f"Gaussian noise, sd {NOISE_SD:.0%} of the range", add_noise),
-    "shift": Perturbation(f"shift by {SHIFT_PIXELS} px in x and y", shift),
-    "jpeg": Perturbation(f"JPEG at quality {JPEG_QUALITY}", jpeg),
-    "contrast": Perturbation(f"contrast lowered by {1 - CONTRAST:.0%}", lower_contrast),
+    "noise": Perturbation(N_("Gaussian noise (sd 3%)"), add_noise),
+    "shift": Perturbation(N_("shift by 4 px in x and y"), shift),
+    "jpeg": Perturbation(N_("JPEG at quality 75"), jpeg),
+    "contrast": Perturbation(N_("contrast lowered by 10%"), lower_contrast),
 }
-RANDOM_LABEL = "random maps of the same smoothness (chance)"
+RANDOM_LABEL = N_("random maps of the same smoothness (chance)")
 
 
 @dataclass(frozen=True)

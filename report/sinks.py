@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from report import render, tracking
+from report import i18n, render, tracking
 from report.data.ids import safe_id
 from report.result import Audit
 
@@ -79,25 +79,43 @@ def _markdown_text(text: str) -> str:
 
 
 def run_note(context: render.ReportContext) -> str:
-    """The run description (`mlflow.note.content`): the disclaimer first, then the gist."""
+    """The run description (`mlflow.note.content`): the disclaimer first, then the gist, in
+    the report's language."""
+    with i18n.use(context.language):
+        return _run_note(context)
+
+
+def _run_note(context: render.ReportContext) -> str:
+    _ = i18n._
     rows = "\n".join(
-        f"| {_markdown_text(row['class'])} | {row['precision']:.2f} | {row['recall']:.2f} "
-        f"| {row['f1']:.2f} | {row['support']} |"
+        f"| {_markdown_text(row['class'])} | {i18n.decimal(row['precision'], 2)} | "
+        f"{i18n.decimal(row['recall'], 2)} | {i18n.decimal(row['f1'], 2)} | "
+        f"{i18n.number(row['support'])} |"
         for row in context.per_class
     )
     alias = f" (@{context.model_alias})" if context.model_alias else ""
     settings = context.settings
+    disclaimer = render.DISCLAIMER_PT if context.language == "pt-BR" else render.DISCLAIMER
     return (
-        f"**{render.DISCLAIMER}**\n\n"
-        f"{settings['Method']} report for **{_markdown_text(context.model_name)} "
-        f"v{context.model_version}{_markdown_text(alias)}** on "
-        f"{_markdown_text(context.data_source)}.\n\n"
-        f"- Images explained: {context.n_images}; skipped: {len(context.skipped)}\n"
-        f"- Accuracy: {context.accuracy:.1%}\n"
-        f"- Target layer: {_markdown_text(settings['Target layer'])}; class score: "
-        f"{settings['Class score']};"
-        f" normalisation: {settings['Normalisation']}\n\n"
-        "| class | precision | recall | F1 | support |\n|---|---|---|---|---|\n"
-        f"{rows}\n\n"
-        "Full report: artifacts `report/report.html` and `report/report.pdf`."
+        f"**{disclaimer}**\n\n"
+        + _("%(method)s report for **%(model)s** on %(data)s.") % {
+            "method": settings["Method"],
+            "model": _markdown_text(f"{context.model_name} v{context.model_version}{alias}"),
+            "data": _markdown_text(context.data_source)}
+        + "\n\n- "
+        + _("Images explained: %(explained)s; skipped: %(skipped)s") % {
+            "explained": i18n.number(context.n_images),
+            "skipped": i18n.number(len(context.skipped))}
+        + "\n- " + _("Accuracy: %(accuracy)s") % {"accuracy": i18n.percent(context.accuracy)}
+        + "\n- "
+        + _("Target layer: %(layer)s; class score: %(score)s; normalisation: "
+            "%(normalisation)s") % {
+            "layer": _markdown_text(settings["Target layer"]),
+            "score": _(settings["Class score"]),
+            "normalisation": _(settings["Normalisation"])}
+        + "\n\n| " + " | ".join([_("class"), _("precision"), _("recall"), _("F1"),
+                                  _("support")])
+        + " |\n|---|---|---|---|---|\n"
+        + f"{rows}\n\n"
+        + _("Full report: artifacts `report/report.html` and `report/report.pdf`.")
     )

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
+from report import i18n
 from report.artifacts import ArtifactWriter, write_predictions
 from report.data.batches import iter_batches
 from report.data.records import Record, Skipped, UnreadableImage
@@ -369,9 +370,11 @@ def explain_part(job: Job, frames: Iterator) -> Iterator:
                           keep_sample=False, progress=False)
     metadata, engine = job.metadata, explainer.engine
     with tempfile.TemporaryDirectory(prefix=f"cxr-part-{part:05d}-") as staging:
+        # Flags are worded as the images are scored, in the report's language.
         with ArtifactWriter(Path(staging), metadata.class_names, engine.target.name,
                             metadata.image_size, explainer.overlay_suffix,
-                            cams_file=f"part-{part:05d}.npz", keep_rows=True) as writer:
+                            cams_file=f"part-{part:05d}.npz", keep_rows=True) as writer, \
+                i18n.use(job.settings.get("language", "en")):
             skipped = explainer.run(job.source, records, writer, positions, job.duplicates)
         job.destination.publish(Path(staging))
     where = {record.image_id: position for position, record in zip(positions, records,

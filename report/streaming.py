@@ -31,6 +31,7 @@ from report.data.batches import Batch, iter_batches
 from report.data.ids import safe_id
 from report.data.pixels import resize, resize_mask
 from report.data.records import Record, Skipped
+from report.i18n import _
 from report.model import ModelMetadata
 
 GRID_IMAGES_PER_CLASS = 12
@@ -89,8 +90,8 @@ class Collected:
         )
 
     def extremes(self) -> list[tuple[str, list[render.GridItem]]]:
-        return [("Lowest-confidence correct predictions", _items(self.least_sure_right)),
-                ("Highest-confidence wrong predictions", _items(self.most_sure_wrong))]
+        return [(_("Lowest-confidence correct predictions"), _items(self.least_sure_right)),
+                (_("Highest-confidence wrong predictions"), _items(self.most_sure_wrong))]
 
     def grids(self, class_names: tuple[str, ...], y_true, y_pred) -> list[render.ClassGrid]:
         """Per true class: the most confident mistakes first, then correct images in record
@@ -184,7 +185,7 @@ class Summary:
     def fingerprint(self) -> str:
         """sha256 over "<image_id>|<label>|<digest>" lines, in record order."""
         digest = hashlib.sha256()
-        for _, line in sorted(self.fingerprint_lines, key=_by_position):
+        for _position, line in sorted(self.fingerprint_lines, key=_by_position):
             digest.update(line.encode())
         return digest.hexdigest()
 

@@ -41,7 +41,9 @@ def test_readme_example_runs_as_written(tracking_store, tmp_path):
     pages = PdfReader(tmp_path / "audit" / "report.pdf").pages
     assert all(DISCLAIMER in " ".join(page.extract_text().split()) for page in pages)
     run = MlflowClient().get_run(run_id)
-    assert run.data.metrics == pytest.approx(audit.metrics)
+    # nan_ok: a sanity stage whose maps are all flat logs NaN (the untrained model here
+    # draws fresh weights on every run).
+    assert run.data.metrics == pytest.approx(audit.metrics, nan_ok=True)
     logged = {a.path for a in MlflowClient().list_artifacts(run_id, "report")}
     assert logged == {"report/report.html", "report/report.pdf"}
 

@@ -57,7 +57,7 @@ def test_sanity_check_passes_for_gradcam_and_restores_the_weights():
     before = [w.copy() for w in model.get_weights()]
     engine = GradCAM(model)
     sanity = cascading_randomisation(engine, images(6), np.zeros(6, int), max_stages=3)
-    assert len(sanity.stages) == 3 and sanity.stages[0] == "down to out"
+    assert len(sanity.stages) == 3 and sanity.stages[0] == "out"
     assert sanity.passed, sanity.final_correlation
     for original, now in zip(before, model.get_weights(), strict=True):
         np.testing.assert_array_equal(original, now)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gettext
 import re
 import xml.etree.ElementTree as ET
 
@@ -9,6 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
+from report import i18n
 from report.figures import (
     confusion_matrix_svg,
     deletion_insertion_svg,
@@ -159,3 +161,34 @@ def test_hostile_names_stay_text_in_every_figure(predictions):
         assert _has(texts, "cost $5$")  # shown literally, not parsed as mathtext
         assert "<b>" not in svg and "&lt;b&gt;" in svg
         assert not re.search(r"<script", svg)
+
+
+def test_deletion_insertion_svg_speaks_the_report_language(monkeypatch):
+    fractions = np.linspace(0, 1, 11)
+    curves = {"heatmap order": 1 - fractions, "random order": np.full(11, 0.8)}
+    ticks = ["0.0", "0.2", "0.4", "0.6", "0.8", "1.0"]
+
+    english = deletion_insertion_svg(fractions, curves, "Deletion")
+
+    # Exactly the text the figure had before it was translatable.
+    assert _texts(english) == [*ticks, "Fraction of pixels removed / inserted", *ticks,
+                               "Mean class score", "Deletion", "heatmap order (AUC 0.500)",
+                               "random order (AUC 0.800)"]
+
+    class Portuguese(gettext.NullTranslations):
+        def gettext(self, message):
+            return {"Mean class score": "Escore médio da classe"}.get(message, message)
+
+    monkeypatch.setattr(i18n, "translations", lambda language: Portuguese())
+    portuguese_curves = {"ordem do mapa": curves["heatmap order"],
+                         "ordem aleatória": curves["random order"]}
+    with i18n.use("pt-BR"):
+        svg = deletion_insertion_svg(fractions, portuguese_curves, "Deleção",
+                                     baselines={"ordem aleatória"})
+    texts = _texts(svg)
+
+    assert _has(texts, "Escore médio da classe") and not _has(texts, "Mean class score")
+    assert _has(texts, "ordem do mapa (AUC 0,500)") and _has(texts, "ordem aleatória (AUC 0,800)")
+    assert "0,2" in texts and "0.2" not in texts  # tick labels take the decimal comma
+    # The baseline named in `baselines` is still dashed (line and legend handle).
+    assert svg.count("stroke-dasharray") == english.count("stroke-dasharray") == 2

@@ -137,6 +137,9 @@ def test_declared_choices_match_what_the_code_implements():
     assert set(options.QUALITY_LEVELS) == set(LEVELS)
     assert set(options.SPLITS) == set(SPLITS)
     assert set(options.BACKBONES) == set(BACKBONES)
+    from report.i18n import LANGUAGES
+
+    assert options.LANGUAGES == LANGUAGES
 
 
 def test_settings_table_comes_from_the_declaration():

@@ -267,3 +267,19 @@ def test_gradcam_on_a_tiny_model():
     # Gaussian noise and a 10% contrast change hardly move a CNN's Grad-CAM: far above chance.
     for name in ("noise", "contrast"):
         assert metrics[f"robustness.{name}.spearman"] > metrics["robustness.random.spearman"] + 0.3
+
+
+def test_the_labels_say_what_the_constants_do():
+    # The labels are written out for the translation catalog; they must not drift.
+    from report.robustness import (
+        CONTRAST,
+        JPEG_QUALITY,
+        NOISE_SD,
+        PERTURBATIONS,
+        SHIFT_PIXELS,
+    )
+
+    assert f"{NOISE_SD:.0%}" in PERTURBATIONS["noise"].label
+    assert f"{SHIFT_PIXELS} px" in PERTURBATIONS["shift"].label
+    assert f"quality {JPEG_QUALITY}" in PERTURBATIONS["jpeg"].label
+    assert f"{1 - CONTRAST:.0%}" in PERTURBATIONS["contrast"].label

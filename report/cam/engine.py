@@ -52,6 +52,7 @@ from report.cam.layers import (
     transformed_calls,
 )
 from report.errors import UserError
+from report.i18n import N_
 
 SCORES = ("logit", "probability")
 
@@ -326,7 +327,7 @@ class RandomCAM(_ForwardOnlyCAM):
     image's weights are drawn from `seed` and the image's own bytes, so an image gets the
     same map on every run, whatever the batch it comes in."""
 
-    method, title, baseline = "randomcam", "RandomCAM (random channel weights)", True
+    method, title, baseline = "randomcam", N_("RandomCAM (random channel weights)"), True
     seed = 0
 
     def explain(self, images: np.ndarray, classes: np.ndarray | None = None) -> Explanation:
@@ -340,7 +341,7 @@ class SobelMap(_ForwardOnlyCAM):
     """The gradient magnitude of the input's grey level (3 x 3 Sobel): where the ribs, the
     heart border and burned-in markers are. The model only predicts the classes."""
 
-    method, title, baseline = "sobel", "Sobel edges (ignores the model)", True
+    method, title, baseline = "sobel", N_("Sobel edges (ignores the model)"), True
 
     def explain(self, images: np.ndarray, classes: np.ndarray | None = None) -> Explanation:
         _, _, probabilities, class_index = self._predicted(images, classes)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from report.data.listing import in_split
 from report.data.source import RootedSource
+from report.i18n import _
 
 METADATA = "metadata.csv"
 REQUIRED_COLUMNS = ("finding", "filename")
@@ -48,7 +49,8 @@ class CohenSource(RootedSource):
             self._add(row, listed)
 
     def describe(self) -> str:
-        return super().describe(f"{'/'.join(VIEWS)} views, {', '.join(MODALITIES)}")
+        return super().describe(_("%(views)s views, %(modalities)s") % {
+            "views": "/".join(VIEWS), "modalities": ", ".join(MODALITIES)})
 
     def _add(self, row: dict[str, str], listed: set[Path]) -> None:
         path = self.root / (row.get("folder") or "images") / row["filename"]

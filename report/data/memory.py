@@ -22,8 +22,9 @@ from report.data.arrays import one_hot_index
 from report.data.labels import LabelMap
 from report.data.pixels import gray_to_rgb, resize, scale_to_uint8
 from report.data.records import LoadedImage, Record, row_index, row_source
-from report.data.source import ImageSource
+from report.data.source import ImageSource, images
 from report.errors import UserError
+from report.i18n import _
 
 IMAGE_SHAPES = "(H, W), (H, W, 1) or (H, W, 3)"
 SCALED_FIX = 'pass raw 0-255 pixels, e.g. (images * 255).astype("uint8")'
@@ -72,10 +73,8 @@ class MemorySource(ImageSource):
         self.add(key, source, name)
 
     def describe(self) -> str:
-        return (
-            f"arrays in memory ({len(self._images)} images, all used; no split): "
-            f"{len(self.records)} images"
-        )
+        return _("arrays in memory (%(given)s, all used; no split): %(found)s") % {
+            "given": images(len(self._images)), "found": images(len(self.records))}
 
     def load(self, record: Record, image_size: tuple[int, int]) -> LoadedImage:
         stored = np.asarray(self._images[row_index(record.source)])

@@ -20,6 +20,7 @@ from report.data.labels import LabelMap, LabelResolver, unmapped_reason, unused_
 from report.data.listing import image_files, left_out_note
 from report.data.records import Box, LoadedImage, Record, Skipped, UnreadableImage
 from report.errors import UserError
+from report.i18n import _, ngettext, number
 
 
 @dataclass(frozen=True)
@@ -77,11 +78,14 @@ class ImageSource:
         raise NotImplementedError
 
     def describe(self) -> str:
-        """One line for the report: what was read, and how many images it gave."""
-        return f"{self.name} ({self.where()}): {len(self.records)} images"
+        """One line for the report: what was read, and how many images it gave, in the
+        language in use (`description`, made when the source opens, is the run param)."""
+        return _("%(name)s (%(where)s): %(found)s") % {
+            "name": self.name, "where": self.where(), "found": images(len(self.records))}
 
     def where(self) -> str:
-        return "all images" if self.split == "all" else f"{self.split} split"
+        return _("all images") if self.split == "all" else _("%(split)s split") % {
+            "split": self.split}
 
     def file_size(self, record: Record) -> int | None:
         """The size in bytes of the file `digest` reads (None when it cannot be read): files
@@ -185,10 +189,17 @@ class RootedSource(ImageSource):
 
     def describe(self, extra: str = "") -> str:
         extra = f", {extra}" if extra else ""
-        return f"{self.name} {self.root} ({self.where()}{extra}): {len(self.records)} images"
+        return _("%(name)s %(root)s (%(where)s): %(found)s") % {
+            "name": self.name, "root": self.root, "where": self.where() + extra,
+            "found": images(len(self.records))}
 
     def images_in(self, folder: Path, where: str) -> list[Path]:
         """Image files under `folder`; the other files there are noted as not read."""
         images, left_out = image_files(folder)
         self.notes += left_out_note(left_out, where)
         return images
+
+
+def images(count: int) -> str:
+    """"1 image" / "120 images", in the language in use."""
+    return ngettext("%(count)s image", "%(count)s images", count) % {"count": number(count)}

@@ -7,9 +7,10 @@ import hashlib
 from report.data import synthetic
 from report.data.pixels import resize, resize_mask
 from report.data.records import LoadedImage, Record
-from report.data.source import ImageSource, Request
+from report.data.source import ImageSource, Request, images
 from report.data.split import split_indices
 from report.errors import UserError
+from report.i18n import _
 
 DEFAULT_COUNT = 600
 SEED = 0
@@ -39,10 +40,9 @@ class SyntheticSource(ImageSource):
             self.keep(f"synthetic-{i:05d}", f"synthetic:{i}", label)
 
     def describe(self) -> str:
-        return (
-            f"{self.name} ({self.count} images, seed {SEED}), {self.where()}: "
-            f"{len(self.records)} images"
-        )
+        return _("%(name)s (%(generated)s, seed %(seed)s), %(where)s: %(found)s") % {
+            "name": self.name, "generated": images(self.count), "seed": SEED,
+            "where": self.where(), "found": images(len(self.records))}
 
     def load(self, record: Record, image_size: tuple[int, int]) -> LoadedImage:
         index = int(record.source.split(":")[1])

@@ -18,8 +18,9 @@ from report.data.kermany import KermanySource
 from report.data.labels import LabelMap
 from report.data.listing import in_split
 from report.data.records import Record
-from report.data.source import ImageSource, Request
+from report.data.source import ImageSource, Request, images
 from report.errors import UserError
+from report.i18n import _
 
 DEFAULT_PER_CLASS = 100
 SEED = 0
@@ -68,10 +69,10 @@ class TutorialSource(ImageSource):
         self.records = _unique_ids(in_split(sampled, self.split, keep_order=True))
 
     def describe(self) -> str:
-        return (
-            f"tutorial recipe (Cohen {self.cohen_dir}, Kermany {self.kermany_dir}, "
-            f"{self.per_class} per class, {self.where()}): {len(self.records)} images"
-        )
+        return _("tutorial recipe (Cohen %(cohen)s, Kermany %(kermany)s, %(per_class)s per "
+                 "class, %(where)s): %(found)s") % {
+            "cohen": self.cohen_dir, "kermany": self.kermany_dir, "per_class": self.per_class,
+            "where": self.where(), "found": images(len(self.records))}
 
 
 def _tutorial_folders(location: str) -> tuple[Path, Path, int]:
