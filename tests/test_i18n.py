@@ -1,0 +1,150 @@
+"""The report in Brazilian Portuguese (`language=pt-BR`): every message has a translation, no
+English sentence is left in a Portuguese PDF, numbers follow the locale, counts have real
+plural forms, and what is a contract (metric names, artifact paths) stays as it is."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+from babel.messages.extract import extract_from_dir
+from babel.messages.pofile import read_po
+from pypdf import PdfReader
+
+import report
+from report import i18n
+from tests.conftest import PROJECT_ROOT, TINY_SIZE, tiny_classifier
+
+CATALOG = i18n.LOCALES_DIR / "pt_BR" / "LC_MESSAGES" / "report.po"
+KEYWORDS = {"_": None, "ngettext": (1, 2), "N_": None}
+CLASSES = ["COVID-19", "NORMAL", "OTHER_INFECTION"]
+
+
+def source_messages() -> dict[str, tuple[str, ...]]:
+    """Every message in the code and templates now, as `make messages` extracts it:
+    msgid -> (singular, plural) or (msgid,)."""
+    mapping = [("report/**.py", "python"), ("templates/**.j2", "jinja2")]
+    options = {"templates/**.j2": {"extensions": "jinja2.ext.i18n"}}
+    found = {}
+    for _, _, message, _, _ in extract_from_dir(PROJECT_ROOT, mapping, options, KEYWORDS):
+        forms = message if isinstance(message, tuple) else (message,)
+        found[forms[0]] = forms
+    return found
+
+
+def catalog():
+    with CATALOG.open("rb") as po:
+        return read_po(po, locale="pt_BR")
+
+
+def test_every_message_of_the_code_and_templates_has_a_portuguese_translation():
+    translated = catalog()
+    missing = []
+    for msgid, forms in source_messages().items():
+        entry = translated.get(forms if len(forms) > 1 else msgid)
+        if entry is None:
+            entry = translated.get(msgid)
+        strings = entry.string if entry is not None else None
+        strings = strings if isinstance(strings, tuple) else (strings,)
+        if entry is None or entry.fuzzy or not all(strings):
+            missing.append(msgid)
+    assert not missing, f"{len(missing)} messages lack a translation (make messages, then " \
+                        f"translate report/locales/pt_BR): {missing[:10]}"
+
+
+def placeholders(text: str) -> set[str]:
+    return set(re.findall(r"%\((\w+)\)s", text))
+
+
+def test_translations_keep_every_placeholder():
+    for entry in catalog():
+        if not entry.id:
+            continue
+        ids = entry.id if isinstance(entry.id, tuple) else (entry.id,)
+        strings = entry.string if isinstance(entry.string, tuple) else (entry.string,)
+        wanted = set().union(*(placeholders(form) for form in ids))
+        for string in strings:
+            # A singular form may say "one image" instead of "%(count)s images".
+            assert wanted - {"count"} <= placeholders(string) <= wanted, entry.id
+
+
+def test_numbers_and_plurals_follow_the_language():
+    with i18n.use("pt-BR"):
+        assert i18n.percent(0.932) == "93,2%"
+        assert i18n.decimal(1234.5678) == "1.234,568"
+        one = i18n.ngettext("%(count)s image", "%(count)s images", 1) % {"count": 1}
+        many = i18n.ngettext("%(count)s image", "%(count)s images", 3) % {"count": 3}
+    assert (one, many) == ("1 imagem", "3 imagens")
+    with i18n.use("en"):
+        assert i18n.percent(0.932) == "93.2%"
+        assert i18n.ngettext("%(count)s image", "%(count)s images", 1) % {"count": 1} == \
+            "1 image"
+
+
+def english_sentences() -> list[str]:
+    """Runs of at least four words of every English message, placeholders cut out: what
+    must not appear in a Portuguese report."""
+    translated = catalog()
+    pieces = []
+    for msgid, forms in source_messages().items():
+        entry = translated.get(forms if len(forms) > 1 else msgid) or translated.get(msgid)
+        if entry is not None and entry.string in (msgid, forms):
+            continue  # the same in both languages (a name, a formula)
+        for form in forms:
+            for piece in re.split(r"%\(\w+\)s|\{\{.*?\}\}|<[^>]+>", form):
+                words = piece.split()
+                if len(words) >= 4:
+                    pieces.append(" ".join(words))
+    return pieces
+
+
+def pdf_text(path) -> str:
+    text = " ".join(page.extract_text() or "" for page in PdfReader(path).pages)
+    return " ".join(text.split())
+
+
+@pytest.fixture(scope="module")
+def portuguese_audit(tmp_path_factory):
+    model = tiny_classifier(TINY_SIZE, "portugues", convs=2, seed=7)
+    folder = tmp_path_factory.mktemp("pt")
+    audit = report.audit(model, "synthetic:60", split="all", quality="full",
+                         class_names=CLASSES, language="pt-BR", output_dir=None)
+    return audit, audit.to_pdf(folder / "relatorio.pdf"), audit.to_html(folder / "r.html")
+
+
+def test_no_english_sentence_is_left_in_the_portuguese_pdf(portuguese_audit):
+    _, pdf, _ = portuguese_audit
+    text = pdf_text(pdf)
+    assert "Não use para fins clínicos" in text or "caráter clínico" in text
+    left = [sentence for sentence in english_sentences() if sentence in text]
+    assert not left, left[:5]
+
+
+def test_contracts_stay_english_in_a_portuguese_audit(portuguese_audit):
+    audit, _, html = portuguese_audit
+    assert "accuracy" in audit.metrics and "faithfulness.deletion_auc" in audit.metrics
+    assert "<html lang=\"pt-BR\"" in html.read_text()
+    for name in CLASSES:
+        assert name in html.read_text()
+    header = (audit.artifacts_dir / "predictions.csv").read_text().splitlines()[0]
+    assert header.startswith("image_id")  # the file's columns are a contract
+
+
+@pytest.mark.slow
+def test_mlflow_run_with_language_pt_br_writes_a_portuguese_report(registered_store, tmp_path):
+    env = {**registered_store, "PATH": f"{sys.executable.rsplit('/', 1)[0]}:/usr/bin:/bin"}
+    result = subprocess.run(
+        [sys.executable, "-m", "mlflow", "run", str(PROJECT_ROOT), "--env-manager", "local",
+         "-P", "model_uri=models:/tiny-cxr@champion", "-P", "data=synthetic:30",
+         "-P", "language=pt-BR", "-P", f"output_dir={tmp_path}"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Acurácia" in result.stdout
+    pdfs = list(tmp_path.rglob("report.pdf"))
+    assert len(pdfs) == 1
+    text = pdf_text(pdfs[0])
+    left = [sentence for sentence in english_sentences() if sentence in text]
+    assert not left, left[:5]
+    assert 'lang="pt-BR"' in pdfs[0].with_suffix(".html").read_text()
