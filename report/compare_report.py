@@ -110,12 +110,7 @@ def render_html(comparison, run_id: str | None = None) -> str:
 
 def write(comparison, folder: Path, run_id: str | None = None) -> tuple[Path, Path]:
     """`folder/compare.html` and `folder/compare.pdf`."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    html = render_html(comparison, run_id)
-    html_path = folder / "compare.html"
-    html_path.write_text(html, encoding="utf-8")
-    return html_path, render.write_pdf(html, folder / "compare.pdf")
+    return render.write_html_and_pdf(render_html(comparison, run_id), Path(folder), "compare")
 
 
 def _summary_table(comparison) -> Table:

@@ -139,12 +139,7 @@ def render_html(ranking: MethodsRanking, run_id: str | None = None) -> str:
 def write(ranking: MethodsRanking, folder: Path, run_id: str | None = None
           ) -> tuple[Path, Path]:
     """`folder/methods.html` and `folder/methods.pdf`."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    html = render_html(ranking, run_id)
-    html_path = folder / "methods.html"
-    html_path.write_text(html, encoding="utf-8")
-    return html_path, render.write_pdf(html, folder / "methods.pdf")
+    return render.write_html_and_pdf(render_html(ranking, run_id), Path(folder), "methods")
 
 
 def run_note(ranking: MethodsRanking) -> str:

@@ -189,13 +189,15 @@ def _import_weasyprint():
 
 def write_report(context: ReportContext, out_dir: Path) -> tuple[Path, Path]:
     """Write ``out_dir/report.html`` and ``out_dir/report.pdf`` and return both paths."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    html = render_html(context)
-    html_path = out_dir / "report.html"
+    return write_html_and_pdf(render_html(context), Path(out_dir), "report")
+
+
+def write_html_and_pdf(html: str, folder: Path, name: str) -> tuple[Path, Path]:
+    """``folder/<name>.html`` and its PDF ``folder/<name>.pdf`` (every report page does it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    html_path = folder / f"{name}.html"
     html_path.write_text(html, encoding="utf-8")
-    pdf_path = write_pdf(html, out_dir / "report.pdf")
-    return html_path, pdf_path
+    return html_path, write_pdf(html, folder / f"{name}.pdf")
 
 
 @lru_cache(maxsize=1)

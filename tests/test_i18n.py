@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from html import unescape
 
 import pytest
 from babel.messages.extract import extract_from_dir
@@ -14,7 +15,7 @@ from babel.messages.pofile import read_po
 from pypdf import PdfReader
 
 import report
-from report import i18n
+from report import i18n, render
 from tests.conftest import PROJECT_ROOT, TINY_SIZE, tiny_classifier
 
 CATALOG = i18n.LOCALES_DIR / "pt_BR" / "LC_MESSAGES" / "report.po"
@@ -148,3 +149,35 @@ def test_mlflow_run_with_language_pt_br_writes_a_portuguese_report(registered_st
     left = [sentence for sentence in english_sentences() if sentence in text]
     assert not left, left[:5]
     assert 'lang="pt-BR"' in pdfs[0].with_suffix(".html").read_text()
+
+
+def headings_of(html: str) -> list[str]:
+    """Each heading's text, and the heading with its reading note when it has one (a note
+    alone under a heading at a page's foot is the same fault)."""
+    body = html.split("</head>", 1)[1]
+    found = []
+    pattern = r"<(h[1-4])[^>]*>(.*?)</\1>\s*(<p class=\"reading\">(.*?)</p>)?"
+    for match in re.finditer(pattern, body, re.S):
+        heading = " ".join(unescape(re.sub(r"<[^>]+>", "", match[2])).split())
+        found.append(heading)
+        if match[4]:
+            note = " ".join(unescape(re.sub(r"<[^>]+>", "", match[4])).split())
+            found.append(f"{heading} {note}")
+    return found
+
+
+def test_no_heading_ends_a_page_of_the_portuguese_pdf(portuguese_audit):
+    _, pdf, html = portuguese_audit
+    leads = headings_of(html.read_text())
+    pages = PdfReader(pdf).pages
+    footer = {" ".join(text.split()) for text in (render.DISCLAIMER, render.DISCLAIMER_PT)}
+    ending = []
+    for number, page in enumerate(pages, start=1):
+        # Layout mode reads the page top to bottom; the footer lines are cut off first.
+        lines = [" ".join(line.split()) for line in
+                 page.extract_text(extraction_mode="layout").splitlines()]
+        lines = [re.sub(rf"\s*página {number} de {len(pages)}$", "", line) for line in lines]
+        body = " ".join(line for line in lines if line and line not in footer)
+        ending += [(number, lead) for lead in leads if body.endswith(lead)]
+    assert len(pages) > 3 and leads
+    assert not ending, ending

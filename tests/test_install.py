@@ -171,6 +171,7 @@ def test_installed_package_works_outside_a_checkout(installed):
     package = site / "report"
     assert (package / "templates" / "report.html.j2").is_file()
     assert (package / "templates" / "report.css").is_file()
+    assert (package / "locales" / "pt_BR" / "LC_MESSAGES" / "report.po").is_file()
     before = listing(package)
 
     # a) The Python API from an unrelated folder: the report where asked, and no MLflow run.
@@ -204,9 +205,10 @@ def test_installed_package_works_outside_a_checkout(installed):
     output_dir = root / "reports"
     result = run(
         [python, "-m", "report", "explain", "--model-uri", model, "--data", "synthetic:30",
-         "--quality", "off", "--output-dir", output_dir],
+         "--quality", "off", "--language", "pt-BR", "--output-dir", output_dir],
         env, cwd,
     )
+    assert "Acurácia" in result.stdout  # the catalog is read from the installed package
     printed = [Path(line.strip()) for line in result.stdout.splitlines()
                if line.strip().endswith(("report.html", "report.pdf"))]
     assert {p.name for p in printed} == {"report.html", "report.pdf"}, result.stdout
