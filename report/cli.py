@@ -123,15 +123,22 @@ def _bench(values: dict) -> int:
 
 
 def _compare(values: dict) -> int:
+    from report import i18n
     from report.pipeline import compare
 
     result = compare(values)
-    print(f"verdict: the candidate is {result.verdict}"
-          + (f"; newly flagged for a shortcut: {', '.join(result.newly_flagged)}"
-             if result.newly_flagged else ""))
-    print(f"run: {result.run_id}")
-    print(f"report: {result.html}")
-    print(f"report: {result.pdf}")
+    with i18n.use(values["language"]):
+        _ = i18n._
+        verdict = _(result.verdict)  # "better", "worse", ... as the report words them
+        if result.newly_flagged:
+            print(_("verdict: the candidate is %(verdict)s; newly flagged for a shortcut: "
+                    "%(classes)s") % {"verdict": verdict,
+                                      "classes": ", ".join(result.newly_flagged)})
+        else:
+            print(_("verdict: the candidate is %(verdict)s") % {"verdict": verdict})
+        print(_("run: %(run_id)s") % {"run_id": result.run_id})
+        print(_("report: %(path)s") % {"path": result.html})
+        print(_("report: %(path)s") % {"path": result.pdf})
     if result.gate_failures:
         print(f"gate --fail-on {values['fail_on']} failed: "
               + "; ".join(result.gate_failures), file=sys.stderr)
@@ -140,13 +147,19 @@ def _compare(values: dict) -> int:
 
 
 def _methods(values: dict) -> int:
+    from report import i18n
     from report.pipeline import rank_methods
 
     result = rank_methods(values)
-    print(f"recommended: {result.recommended or 'none (no method passes the checks)'}")
-    print(f"run: {result.run_id}")
-    print(f"report: {result.html}")
-    print(f"report: {result.pdf}")
+    with i18n.use(values["language"]):
+        _ = i18n._
+        if result.recommended:
+            print(_("recommended: %(method)s") % {"method": result.recommended})
+        else:
+            print(_("recommended: none (no method passes the checks)"))
+        print(_("run: %(run_id)s") % {"run_id": result.run_id})
+        print(_("report: %(path)s") % {"path": result.html})
+        print(_("report: %(path)s") % {"path": result.pdf})
     return 0
 
 

@@ -1,6 +1,10 @@
 """The comparison report: "Read this first" sentences, tables and figures from a
 `compare.Comparison`, rendered into one self-contained HTML page and its PDF, in the audit
-report's style (templates/compare.html.j2, report.css)."""
+report's style (templates/compare.html.j2, report.css).
+
+Worded in the report's language (`language=en|pt-BR`, report.i18n) like the audit report:
+every sentence here is a gettext message with named placeholders, every number goes through
+the locale's formatters; class names, model names and metric names stay as they are."""
 
 from __future__ import annotations
 
@@ -9,18 +13,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+from babel.numbers import get_decimal_symbol
 
-from report import figures, paired, render
+from report import figures, i18n, paired, render
 from report.comparison import (
     BETTER,
     DRIFT_SPEARMAN,
     LEAST_AGREEING_SHOWN,
+    RESAMPLES,
     SAME,
     TRUST_METRICS,
     WORSE,
     finite_median,
     overlay_of,
 )
+from report.i18n import _, decimal, ngettext, number, percent
 from report.render import Finding, Table
 
 TEMPLATE_NAME = "compare.html.j2"
@@ -36,119 +43,155 @@ class Pair:
 
 
 def findings(comparison) -> list[Finding]:
-    """The verdict first, then drift and shortcuts: what a reviewer must read."""
+    """The verdict first, then drift and shortcuts: what a reviewer must read (in the
+    language set around the call, `i18n.use`)."""
     a, b = comparison.baseline.label, comparison.candidate.label
     acc, test = comparison.accuracy, comparison.mcnemar
-    evidence = (f"accuracy {acc.estimate:+.1%} (95% CI {acc.low:+.1%} to {acc.high:+.1%}), "
-                f"macro-F1 {comparison.macro_f1.estimate:+.3f} (95% CI "
-                f"{comparison.macro_f1.low:+.3f} to {comparison.macro_f1.high:+.3f}); "
-                f"McNemar's exact test p = {test.p_value:.3g} on {test.fixed} images fixed "
-                f"and {test.broken} broken")
+    # TRANSLATORS: the evidence of the verdict; fixed and broken are the two phrases below.
+    evidence = _("accuracy %(accuracy)s (95%% CI %(accuracy_low)s to %(accuracy_high)s), "
+                 "macro-F1 %(macro_f1)s (95%% CI %(macro_f1_low)s to %(macro_f1_high)s); "
+                 "McNemar's exact test p = %(p)s on %(fixed)s and %(broken)s") % {
+        "accuracy": _signed_percent(acc.estimate), "accuracy_low": _signed_percent(acc.low),
+        "accuracy_high": _signed_percent(acc.high),
+        "macro_f1": i18n.signed(comparison.macro_f1.estimate),
+        "macro_f1_low": i18n.signed(comparison.macro_f1.low),
+        "macro_f1_high": i18n.signed(comparison.macro_f1.high),
+        "p": _p_value(test.p_value),
+        # TRANSLATORS: images the candidate gets right and the baseline wrong.
+        "fixed": ngettext("%(count)s image fixed", "%(count)s images fixed", test.fixed)
+        % {"count": number(test.fixed)},
+        # TRANSLATORS: images the candidate gets wrong and the baseline right.
+        "broken": ngettext("%(count)s broken", "%(count)s broken", test.broken)
+        % {"count": number(test.broken)},
+    }
     verdict = comparison.verdict
     level = {BETTER: "pass", WORSE: "warn", SAME: "info"}[verdict]
     if level == "pass" and comparison.newly_flagged:
         level = "info"  # better by the numbers, yet not to be promoted: no green mark
-    wording = {BETTER: f"The candidate {b} is better than the baseline {a}",
-               WORSE: f"The candidate {b} is worse than the baseline {a}",
-               SAME: f"The candidate {b} is not significantly different from the baseline {a}"}
-    lines = [Finding(level, f"{wording[verdict]}: {evidence}.")]
-    spearman = finite_median(comparison.spearman)
+    wording = {
+        BETTER: _("The candidate %(candidate)s is better than the baseline %(baseline)s: "
+                  "%(evidence)s."),
+        WORSE: _("The candidate %(candidate)s is worse than the baseline %(baseline)s: "
+                 "%(evidence)s."),
+        SAME: _("The candidate %(candidate)s is not significantly different from the "
+                "baseline %(baseline)s: %(evidence)s."),
+    }[verdict]
+    lines = [Finding(level, wording % {"candidate": b, "baseline": a, "evidence": evidence})]
+    spearman = decimal(finite_median(comparison.spearman), 2)
     if comparison.drifted:
-        lines.append(Finding("warn", f"The explanations drifted: the two models' maps of the "
-                             f"same image have a median rank correlation of {spearman:.2f} "
-                             f"(below {DRIFT_SPEARMAN}); they look at different places."))
+        lines.append(Finding("warn", _(
+            "The explanations drifted: the two models' maps of the same image have a median "
+            "rank correlation of %(spearman)s (below %(threshold)s); they look at different "
+            "places.") % {"spearman": spearman, "threshold": decimal(DRIFT_SPEARMAN, 1)}))
     else:
-        lines.append(Finding("pass", f"The explanations agree: median rank correlation "
-                             f"{spearman:.2f} between the two models' maps of the same image."))
+        lines.append(Finding("pass", _(
+            "The explanations agree: median rank correlation %(spearman)s between the two "
+            "models' maps of the same image.") % {"spearman": spearman}))
     if comparison.newly_flagged:
-        lines.append(Finding("warn", "A new shortcut in the candidate: "
-                             f"{', '.join(comparison.newly_flagged)} "
-                             + ("is" if len(comparison.newly_flagged) == 1 else "are")
-                             + " flagged for the candidate and not for the baseline. Do not "
-                             "promote it on accuracy alone."))
+        lines.append(Finding("warn", ngettext(
+            "A new shortcut in the candidate: %(classes)s is flagged for the candidate and "
+            "not for the baseline. Do not promote it on accuracy alone.",
+            "A new shortcut in the candidate: %(classes)s are flagged for the candidate and "
+            "not for the baseline. Do not promote it on accuracy alone.",
+            len(comparison.newly_flagged)) % {"classes": ", ".join(comparison.newly_flagged)}))
     else:
-        lines.append(Finding("pass", "No class is newly flagged for a shortcut in the "
-                             "candidate."))
+        lines.append(Finding("pass", _("No class is newly flagged for a shortcut in the "
+                                       "candidate.")))
     return lines
 
 
-def render_html(comparison, run_id: str | None = None) -> str:
-    a, b = comparison.baseline, comparison.candidate
-    names = list(comparison.class_names)
-    by_class = _agreement_by_class(comparison)
+def render_html(comparison, run_id: str | None = None, language: str = "en") -> str:
+    """The self-contained HTML comparison report (also the input of the PDF), in `language`
+    (i18n.LANGUAGES): findings, tables and captions are worded, and the template translated,
+    inside `i18n.use(language)`."""
     template = render._environment().get_template(TEMPLATE_NAME)
-    return template.render(
-        title=f"{b.label} against {a.label}",
-        baseline=a.label, candidate=b.label,
-        baseline_source=a.loaded.source, candidate_source=b.loaded.source,
-        data_source=a.audit.context.data_source, run_id=run_id,
-        created=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        n_images=len(comparison.pairs),
-        findings=findings(comparison),
-        finding_markers=render.FINDING_MARKERS,
-        disclaimer=render.DISCLAIMER,
-        disclaimer_pt=render.DISCLAIMER_PT,
-        summary=_summary_table(comparison),
-        per_class=_per_class_table(comparison),
-        confusions=[(label, _svg_uri(figures.confusion_matrix_svg(side.audit.context.confusion,
-                                                                  names)))
-                    for label, side in (("Baseline", a), ("Candidate", b))],
-        fixed=_flip_pairs(comparison.fixed), broken=_flip_pairs(comparison.broken),
-        n_fixed=len(comparison.fixed), n_broken=len(comparison.broken),
-        agreement=Table(["Class", "Images", "Median Spearman", "Median IoU (top 15%)"], [
-            [name, str(len(rho)), _number(finite_median(rho)), _number(finite_median(iou))]
-            for name, (rho, iou) in by_class.items()]),
-        agreement_svg=_svg_uri(figures.agreement_svg(
-            list(by_class), [v[0] for v in by_class.values()],
-            [v[1] for v in by_class.values()])),
-        least_agreeing=_least_agreeing(comparison),
-        trust=_trust_table(comparison),
-        flagged=[("Baseline", a.audit.shortcut_classes), ("Candidate", b.audit.shortcut_classes)],
-        newly_flagged=comparison.newly_flagged,
-    )
+    with i18n.use(language):
+        a, b = comparison.baseline, comparison.candidate
+        names = list(comparison.class_names)
+        by_class = _agreement_by_class(comparison)
+        roles = {"baseline": _("Baseline"), "candidate": _("Candidate")}
+        return template.render(
+            language=language,
+            # TRANSLATORS: the report's title, candidate and baseline are model names.
+            title=_("%(candidate)s against %(baseline)s") % {"candidate": b.label,
+                                                              "baseline": a.label},
+            baseline=a.label, candidate=b.label,
+            baseline_source=a.loaded.source, candidate_source=b.loaded.source,
+            data_source=a.audit.context.data_source, run_id=run_id,
+            created=i18n.timestamp(datetime.now(UTC)),
+            n_images=len(comparison.pairs),
+            resamples=RESAMPLES,
+            findings=findings(comparison),
+            disclaimer=render.DISCLAIMER,
+            disclaimer_pt=render.DISCLAIMER_PT,
+            summary=_summary_table(comparison),
+            per_class=_per_class_table(comparison),
+            confusions=[(roles[side.role], _svg_uri(figures.confusion_matrix_svg(
+                side.audit.context.confusion, names))) for side in (a, b)],
+            fixed=_flip_pairs(comparison.fixed), broken=_flip_pairs(comparison.broken),
+            n_fixed=len(comparison.fixed), n_broken=len(comparison.broken),
+            agreement=Table([_("Class"), _("Images"), _("Median Spearman"),
+                             _("Median IoU (top 15%)")], [
+                [name, number(len(rho)), _number(finite_median(rho)),
+                 _number(finite_median(iou))]
+                for name, (rho, iou) in by_class.items()]),
+            agreement_svg=_svg_uri(figures.agreement_svg(
+                list(by_class), [v[0] for v in by_class.values()],
+                [v[1] for v in by_class.values()])),
+            least_agreeing=_least_agreeing(comparison),
+            trust=_trust_table(comparison),
+            flagged=[(roles[side.role], side.audit.shortcut_classes) for side in (a, b)],
+            newly_flagged=comparison.newly_flagged,
+        )
 
 
-def write(comparison, folder: Path, run_id: str | None = None) -> tuple[Path, Path]:
-    """`folder/compare.html` and `folder/compare.pdf`."""
-    return render.write_html_and_pdf(render_html(comparison, run_id), Path(folder), "compare")
+def write(comparison, folder: Path, run_id: str | None = None,
+          language: str = "en") -> tuple[Path, Path]:
+    """`folder/compare.html` and `folder/compare.pdf`, in `language`."""
+    return render.write_html_and_pdf(render_html(comparison, run_id, language), Path(folder),
+                                     "compare")
 
 
 def _summary_table(comparison) -> Table:
     pairs = comparison.pairs
     rows = [
-        ["Accuracy", _percent(pairs.baseline_correct.mean()),
+        [_("Accuracy"), _percent(pairs.baseline_correct.mean()),
          _percent(pairs.candidate_correct.mean()), _interval(comparison.accuracy, percent=True)],
         ["Macro-F1", _number(_macro_f1(comparison, "baseline")),
          _number(_macro_f1(comparison, "candidate")), _interval(comparison.macro_f1)],
     ]
-    return Table(["", "Baseline", "Candidate", "Difference (95% CI)"], rows)
+    return Table(["", _("Baseline"), _("Candidate"), _("Difference (95% CI)")], rows)
 
 
 def _per_class_table(comparison) -> Table:
     a = {row["class"]: row for row in comparison.baseline.audit.context.per_class}
     b = {row["class"]: row for row in comparison.candidate.audit.context.per_class}
+    metrics = {"precision": _("precision"), "recall": _("recall"), "f1": "F1"}
     rows = []
     for index, name in enumerate(comparison.class_names):
-        for metric in ("precision", "recall", "f1"):
+        for metric, shown in metrics.items():
             interval = comparison.per_class[metric][index]
-            rows.append([name if metric == "precision" else "", metric.replace("f1", "F1"),
+            rows.append([name if metric == "precision" else "", shown,
                          _number(a.get(name, {}).get(metric)),
                          _number(b.get(name, {}).get(metric)), _interval(interval)])
-    return Table(["Class", "Metric", "Baseline", "Candidate", "Difference (95% CI)"], rows)
+    return Table([_("Class"), _("Metric"), _("Baseline"), _("Candidate"),
+                  _("Difference (95% CI)")], rows)
 
 
 def _trust_table(comparison) -> Table:
     a, b = comparison.baseline.audit.metrics, comparison.candidate.audit.metrics
-    rows = [[label, _number(a.get(key)), _number(b.get(key))]
+    # The labels are declared (N_) in comparison.TRUST_METRICS, translated here.
+    rows = [[_(label), _number(a.get(key)), _number(b.get(key))]
             for key, label in TRUST_METRICS if key in a or key in b]
     for name in comparison.class_names:
-        for key, words in (("border_energy", "in the border band"),
-                           ("outside_lung_energy", "outside the lungs")):
+        for key, words in (
+                ("border_energy", _("%(name)s: salient share in the border band")),
+                ("outside_lung_energy", _("%(name)s: salient share outside the lungs"))):
             metric = f"shortcut.{key}.{name}"
             if metric in a or metric in b:
-                rows.append([f"{name}: salient share {words}", _number(a.get(metric)),
+                rows.append([words % {"name": name}, _number(a.get(metric)),
                              _number(b.get(metric))])
-    return Table(["Check", "Baseline", "Candidate"], rows)
+    return Table([_("Check"), _("Baseline"), _("Candidate")], rows)
 
 
 def _agreement_by_class(comparison) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -162,17 +205,27 @@ def _least_agreeing(comparison) -> list[Pair]:
                        kind="stable")[:LEAST_AGREEING_SHOWN]
     pairs = comparison.pairs.iloc[order]
     sides = (comparison.baseline, comparison.candidate)
-    return [Pair(row.image_id, f"{row.image_id} ({row.true_label}): Spearman "
-                 f"{comparison.spearman[i]:.2f}, IoU {comparison.iou[i]:.2f}",
+    # TRANSLATORS: an image id, its true class, and the two models' map agreement.
+    caption = _("%(image)s (%(label)s): Spearman %(spearman)s, IoU %(iou)s")
+    return [Pair(row.image_id, caption % {
+                     "image": row.image_id, "label": row.true_label,
+                     "spearman": decimal(comparison.spearman[i], 2),
+                     "iou": decimal(comparison.iou[i], 2)},
                  tuple(overlay_of(side.audit, row.true_label, row.image_id) for side in sides))
-            for i, (_, row) in zip(order, pairs.iterrows(), strict=True)]
+            for i, (_row_index, row) in zip(order, pairs.iterrows(), strict=True)]
 
 
 def _flip_pairs(flips) -> list[Pair]:
-    return [Pair(flip.image_id,
-                 f"{flip.image_id}, true {flip.true_label}: baseline {flip.baseline_label} "
-                 f"({flip.baseline_confidence:.0%}), candidate {flip.candidate_label} "
-                 f"({flip.candidate_confidence:.0%})", flip.overlays)
+    # TRANSLATORS: an image id, its true class, and each model's prediction and confidence.
+    caption = _("%(image)s, true %(true)s: baseline %(baseline)s (%(baseline_confidence)s), "
+                "candidate %(candidate)s (%(candidate_confidence)s)")
+    return [Pair(flip.image_id, caption % {
+                     "image": flip.image_id, "true": flip.true_label,
+                     "baseline": flip.baseline_label,
+                     "baseline_confidence": percent(flip.baseline_confidence, 0),
+                     "candidate": flip.candidate_label,
+                     "candidate_confidence": percent(flip.candidate_confidence, 0)},
+                 flip.overlays)
             for flip in flips if flip.overlays[0] is not None or flip.overlays[1] is not None]
 
 
@@ -183,10 +236,27 @@ def _macro_f1(comparison, role: str) -> float:
 
 
 def _interval(interval, percent: bool = False) -> str:
-    shown = (lambda v: f"{v:+.1%}") if percent else (lambda v: f"{v:+.3f}")
+    """A difference and its interval: "+3.3% (-1.7% to +8.3%)", "+0.012 (…)"."""
+    shown = _signed_percent if percent else i18n.signed
     if not np.isfinite(interval.estimate):
-        return "—"
-    return f"{shown(interval.estimate)} ({shown(interval.low)} to {shown(interval.high)})"
+        return i18n.MISSING
+    # TRANSLATORS: a difference and its 95% confidence interval, e.g. "+3.3% (-1.7% to +8.3%)".
+    return _("%(estimate)s (%(low)s to %(high)s)") % {
+        "estimate": shown(interval.estimate), "low": shown(interval.low),
+        "high": shown(interval.high)}
+
+
+def _signed_percent(value: float, digits: int = 1) -> str:
+    """A difference in percentage points with its sign even when positive: "+35.8%"
+    ("+35,8%"), as `f"{value:+.1%}"` wrote it in English."""
+    shown = percent(value, digits)
+    return shown if shown.startswith(("-", "−", i18n.MISSING)) else "+" + shown
+
+
+def _p_value(value: float) -> str:
+    """Three significant digits, as `f"{value:.3g}"` ("0.0312", "1.23e-05"), with the
+    locale's decimal sign."""
+    return f"{value:.3g}".replace(".", get_decimal_symbol(i18n.locale_name(i18n.current())))
 
 
 def _svg_uri(svg: str) -> str:
@@ -201,14 +271,25 @@ def _number(value) -> str:
     return render._format_decimal(None if value is None else float(value), 2)
 
 
+def run_note(comparison, language: str = "en") -> str:
+    """The comparison run's description: the disclaimer, then the verdict lines, in
+    `language`."""
+    with i18n.use(language):
+        return _run_note(comparison, language)
 
-def run_note(comparison) -> str:
-    """The comparison run's description: the disclaimer, then the verdict lines."""
+
+def _run_note(comparison, language: str) -> str:
     from report.sinks import _markdown_text
 
     lines = "\n".join(f"- {_markdown_text(finding.text)}" for finding in findings(comparison))
-    return (f"**{render.DISCLAIMER}**\n\n"
-            f"Comparison of **{_markdown_text(comparison.candidate.label)}** (candidate) against "
-            f"**{_markdown_text(comparison.baseline.label)}** (baseline) on "
-            f"{len(comparison.pairs)} images.\n\n{lines}\n\n"
-            "Full report: artifacts `report/compare.html` and `report/compare.pdf`.")
+    disclaimer = render.DISCLAIMER_PT if language == "pt-BR" else render.DISCLAIMER
+    count = len(comparison.pairs)
+    return (f"**{disclaimer}**\n\n"
+            + ngettext("Comparison of **%(candidate)s** (candidate) against **%(baseline)s** "
+                       "(baseline) on %(count)s image.",
+                       "Comparison of **%(candidate)s** (candidate) against **%(baseline)s** "
+                       "(baseline) on %(count)s images.", count)
+            % {"candidate": _markdown_text(comparison.candidate.label),
+               "baseline": _markdown_text(comparison.baseline.label), "count": number(count)}
+            + f"\n\n{lines}\n\n"
+            + _("Full report: artifacts `report/compare.html` and `report/compare.pdf`."))

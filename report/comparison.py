@@ -24,6 +24,7 @@ import pandas as pd
 from report import core, options, paired
 from report.data.ids import safe_id
 from report.errors import UserError
+from report.i18n import N_
 from report.result import Audit
 
 SIGNIFICANCE = 0.05  # McNemar's p below this, with an accuracy interval that excludes 0
@@ -32,15 +33,18 @@ TOP_FRACTION = 0.15
 FLIPPED_SHOWN = 8  # per direction, most confident first
 LEAST_AGREEING_SHOWN = 6
 RESAMPLES = 1000
-BETTER, WORSE, SAME = "better", "worse", "not significantly different"
+# The verdict stays English where it is a value (the `audit.verdict` tag, `compare.verdict`);
+# N_ puts the words in the catalog, translated where shown (the CLI's summary).
+BETTER, WORSE, SAME = N_("better"), N_("worse"), N_("not significantly different")
+# Labels declared here, translated where shown (compare_report's trust table).
 TRUST_METRICS = (
-    ("faithfulness.deletion_auc", "Deletion AUC (lower is better)"),
-    ("faithfulness.insertion_auc", "Insertion AUC (higher is better)"),
-    ("localisation.pointing_game", "Pointing game"),
-    ("localisation.energy_in_lesion", "Energy in the lesion"),
-    ("sanity.final_spearman", "Sanity: Spearman after randomisation (lower is better)"),
-    ("shortcut.border_energy", "Share of the salient map in the border band"),
-    ("shortcut.outside_lung_energy", "Share of the salient map outside the lungs"),
+    ("faithfulness.deletion_auc", N_("Deletion AUC (lower is better)")),
+    ("faithfulness.insertion_auc", N_("Insertion AUC (higher is better)")),
+    ("localisation.pointing_game", N_("Pointing game")),
+    ("localisation.energy_in_lesion", N_("Energy in the lesion")),
+    ("sanity.final_spearman", N_("Sanity: Spearman after randomisation (lower is better)")),
+    ("shortcut.border_energy", N_("Share of the salient map in the border band")),
+    ("shortcut.outside_lung_energy", N_("Share of the salient map outside the lungs")),
 )
 GATES = {
     "none": (),
@@ -95,6 +99,7 @@ class Comparison:
     newly_flagged: list[str]
     verdict: str
     drifted: bool
+    language: str = "en"  # what to_html / to_pdf write in (options: language)
     # Owns the audits' folder when the caller gave none: removed with the Comparison.
     _workspace: object = field(default=None, repr=False)
 
@@ -104,14 +109,16 @@ class Comparison:
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(compare_report.render_html(self), encoding="utf-8")
+        path.write_text(compare_report.render_html(self, language=self.language),
+                        encoding="utf-8")
         return path
 
     def to_pdf(self, path) -> Path:
         """Write the PDF comparison report (the disclaimer on every page) to `path`."""
         from report import compare_report, render
 
-        return render.write_pdf(compare_report.render_html(self), Path(path))
+        return render.write_pdf(compare_report.render_html(self, language=self.language),
+                                Path(path))
 
     @property
     def new_shortcut(self) -> bool:
@@ -170,7 +177,9 @@ def compare(baseline, candidate, data, values: Mapping, folder: Path) -> Compari
     if pairs.empty:
         raise UserError("no labelled image was explained by both models; compare on "
                         "labelled data")
-    return _measure(sides, names, pairs)
+    comparison = _measure(sides, names, pairs)
+    comparison.language = values.get("language", "en")
+    return comparison
 
 
 def _audits(models: dict, data, values: Mapping, folder: Path) -> list[Audit]:

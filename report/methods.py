@@ -26,11 +26,12 @@ import numpy as np
 from scipy.stats import rankdata
 from tqdm import tqdm
 
-from report import checks, measures, road
+from report import checks, i18n, measures, road
 from report.cam.engine import BASELINES, METHODS, make_engine
 from report.data.batches import iter_batches
 from report.data.records import Skipped
 from report.errors import UserError
+from report.i18n import N_, decimal, number, signed
 from report.streaming import preprocess
 
 FAITHFULNESS_STEPS = 10  # deletion at 0, 10%, ..., 100% of the pixels
@@ -41,14 +42,15 @@ SANITY_IMAGES, SANITY_STAGES = 8, 5
 GALLERY_IMAGES = 4  # images shown under every method, side by side
 
 # (key, label, higher is better, ranked). Ranks are among the methods, not the baselines.
+# The labels are the ranking table's headers, translated where shown (`_(label)`).
 CRITERIA = (
-    ("deletion_auc", "Deletion AUC", False, True),
-    ("road_gap", "ROAD gap", True, True),
-    ("otsu_iou", "Otsu IoU", True, True),
-    ("sanity", "Sanity", False, True),
-    ("seconds_per_image", "ms / image", False, True),
-    ("insertion_auc", "Insertion AUC", True, False),
-    ("robustness", "Robustness", True, False),
+    ("deletion_auc", N_("Deletion AUC"), False, True),
+    ("road_gap", N_("ROAD gap"), True, True),
+    ("otsu_iou", N_("Otsu IoU"), True, True),
+    ("sanity", N_("Sanity"), False, True),
+    ("seconds_per_image", N_("ms / image"), False, True),
+    ("insertion_auc", N_("Insertion AUC"), True, False),
+    ("robustness", N_("Robustness"), True, False),
 )
 
 
@@ -268,27 +270,49 @@ def recommend(scores: list[MethodScore]) -> str | None:
 
 
 def reasons(ranking: MethodsRanking) -> list[str]:
-    """Why the recommended method: its place on each criterion, in words."""
+    """Why the recommended method: its place on each criterion, in words, in the language
+    in use (`i18n.use`)."""
+    _ = i18n._
     if ranking.recommended is None:
         return []
     best = ranking.score(ranking.recommended)
     count = len(ranking.methods)
+    # %(rank)s: the method's place among the methods, "1st of 8" (place_of).
     words = {
-        "deletion_auc": lambda v: f"deletion AUC {v:.3f}",
-        "road_gap": lambda v: f"ROAD gap {v:+.3f}",
-        "otsu_iou": lambda v: f"Otsu IoU with the lesion masks {v:.2f}",
-        "sanity": lambda v: f"Spearman {v:.2f} after the weights are randomised",
-        "seconds_per_image": lambda v: f"{v * 1000:.1f} ms per image",
+        "deletion_auc": lambda v, rank: _("deletion AUC %(value)s (%(rank)s)")
+        % {"value": decimal(v, 3), "rank": rank},
+        "road_gap": lambda v, rank: _("ROAD gap %(value)s (%(rank)s)")
+        % {"value": signed(v, 3), "rank": rank},
+        "otsu_iou": lambda v, rank: _("Otsu IoU with the lesion masks %(value)s (%(rank)s)")
+        % {"value": decimal(v, 2), "rank": rank},
+        "sanity": lambda v, rank: _("Spearman %(value)s after the weights are randomised "
+                                    "(%(rank)s)") % {"value": decimal(v, 2), "rank": rank},
+        "seconds_per_image": lambda v, rank: _("%(value)s ms per image (%(rank)s)")
+        % {"value": decimal(v * 1000, 1), "rank": rank},
     }
-    lines = [f"{words[key](best.values[key])} ({_ordinal(place)} of {count})"
+    lines = [words[key](best.values[key], place_of(place, count))
              for key, place in best.ranks.items()]
-    floor = {score.title: score.values["road_gap"] for score in ranking.baselines}
-    lines.append("beats the baselines on ROAD: " + ", ".join(
-        f"{title} {gap:+.3f}" for title, gap in floor.items()))
+    floor = ", ".join(f"{_(score.title)} {signed(score.values['road_gap'], 3)}"
+                      for score in ranking.baselines)
+    lines.append(_("beats the baselines on ROAD: %(baselines)s") % {"baselines": floor})
     return lines
 
 
-def _ordinal(place: int) -> str:
-    suffix = "th" if 10 <= place % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(place % 10,
-                                                                                  "th")
-    return f"{place}{suffix}"
+def place_of(place: int, count: int) -> str:
+    """ "1st of 8": the English ordinal's form picks the message (1st, 2nd, 3rd, 4th...),
+    which each language translates whole ("%(place)sº de %(count)s" in Portuguese)."""
+    _ = i18n._
+    values = {"place": number(place), "count": number(count)}
+    form = "th" if 10 <= place % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(place % 10,
+                                                                                "th")
+    if form == "st":
+        # TRANSLATORS: an English ordinal (1st, 21st...): the place among %(count)s methods.
+        return _("%(place)sst of %(count)s") % values
+    if form == "nd":
+        # TRANSLATORS: an English ordinal (2nd, 22nd...): the place among %(count)s methods.
+        return _("%(place)snd of %(count)s") % values
+    if form == "rd":
+        # TRANSLATORS: an English ordinal (3rd, 23rd...): the place among %(count)s methods.
+        return _("%(place)srd of %(count)s") % values
+    # TRANSLATORS: an English ordinal (4th, 11th...): the place among %(count)s methods.
+    return _("%(place)sth of %(count)s") % values

@@ -210,7 +210,7 @@ BENCH = (
 FAIL_ON = ("none", "worse", "shortcut", "any")
 _SHARED_WITH_COMPARE = ("split", "method", "score", "batch_size", "quality", "limit",
                         "workers", "label_map", "class_names", "unsafe_deserialization",
-                        "output_dir")
+                        "language", "output_dir")
 
 # Champion against challenger (`python -m report compare`, entry point `compare`,
 # `report.compare`): the audit's options, except those each model chooses for itself.
@@ -229,7 +229,7 @@ COMPARE = (
 )
 
 _SHARED_WITH_METHODS = ("split", "layer", "score", "batch_size", "label_map", "class_names",
-                       "unsafe_deserialization", "output_dir")
+                       "unsafe_deserialization", "language", "output_dir")
 
 # Which method to believe for this model (`python -m report methods`, entry point `methods`):
 # every method and both baselines on one sample, scored by the same checks and ranked.

@@ -207,7 +207,8 @@ def compare(values: dict) -> CompareRun:
             run_id = run.info.run_id
             comparison = comparing.compare(baseline, candidate, values["data"], values,
                                            Path(staging))
-            files = compare_report.write(comparison, report_root / run_id, run_id)
+            files = compare_report.write(comparison, report_root / run_id, run_id,
+                                         language=values["language"])
             tracking.log_new_params(_compare_params(values, baseline, candidate))
             tracking.log_metrics(comparison.metrics)
             for path in files:
@@ -216,7 +217,7 @@ def compare(values: dict) -> CompareRun:
             comparison.pairs.drop(columns=[c for c in comparison.pairs if c.startswith("prob_")]
                                   ).to_csv(pairs, index=False)
             tracking.log_artifact(pairs)
-            tracking.set_note(compare_report.run_note(comparison))
+            tracking.set_note(compare_report.run_note(comparison, language=values["language"]))
             tracking.tag_model_version(candidate, {"audit.compare_run_id": run_id,
                                                    "audit.verdict": comparison.verdict})
         except BaseException as error:
@@ -269,12 +270,13 @@ def rank_methods(values: dict) -> MethodsRun:
         try:
             run_id = run.info.run_id
             ranking = methods.rank_methods(loaded, source, values, data_label)
-            files = methods_report.write(ranking, report_root / run_id, run_id)
+            files = methods_report.write(ranking, report_root / run_id, run_id,
+                                         language=values["language"])
             tracking.log_new_params(_methods_params(values, loaded, data_label))
             tracking.log_metrics(ranking.metrics())
             for path in files:
                 tracking.log_artifact(path, "report")
-            tracking.set_note(methods_report.run_note(ranking))
+            tracking.set_note(methods_report.run_note(ranking, language=values["language"]))
             tracking.tag_model_version(loaded, {"audit.methods_run_id": run_id,
                                                 "audit.recommended_method":
                                                     ranking.recommended or "none"})

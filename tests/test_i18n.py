@@ -181,3 +181,20 @@ def test_no_heading_ends_a_page_of_the_portuguese_pdf(portuguese_audit):
         ending += [(number, lead) for lead in leads if body.endswith(lead)]
     assert len(pages) > 3 and leads
     assert not ending, ending
+
+
+def test_the_comparison_and_methods_reports_speak_portuguese_too(tmp_path):
+    champion = tiny_classifier(TINY_SIZE, "campeao", convs=1, seed=8)
+    challenger = tiny_classifier(TINY_SIZE, "desafiante", convs=2, seed=9)
+    duel = report.compare(champion, challenger, "synthetic:40", split="all", quality="off",
+                          class_names=CLASSES, language="pt-BR", output_dir=None)
+    ranking = report.rank_methods(champion, "synthetic:20", split="all", sample=4,
+                                  class_names=CLASSES, language="pt-BR")
+    from report import methods_report
+
+    _, methods_pdf = methods_report.write(ranking, tmp_path / "metodos", language="pt-BR")
+    for pdf in (duel.to_pdf(tmp_path / "comparacao.pdf"), methods_pdf):
+        text = pdf_text(pdf)
+        assert "página 1 de" in text
+        left = [sentence for sentence in english_sentences() if sentence in text]
+        assert not left, (pdf.name, left[:5])
