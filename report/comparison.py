@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from report import core, options, paired
+from report import core, i18n, options, paired
 from report.data.ids import safe_id
 from report.errors import UserError
 from report.i18n import N_
@@ -170,7 +170,8 @@ def compare(baseline, candidate, data, values: Mapping, folder: Path) -> Compari
                         f"{', '.join(candidate.metadata.class_names)}); compare models of "
                         "the same classes")
     models = {"baseline": baseline, "candidate": candidate}
-    audits = _audits(models, data, values, folder)
+    with i18n.use(values.get("language", "en")):  # the audits word the data in it too
+        audits = _audits(models, data, values, folder)
     sides = [Side(role, models[role], audit) for role, audit in zip(models, audits,
                                                                      strict=True)]
     pairs = _pairs(sides[0].audit, sides[1].audit, names)
