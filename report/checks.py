@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from report import measures
+from report import i18n, measures
 from report.cam.normalise import per_image
 from report.i18n import N_, _, percent
 
@@ -414,7 +414,26 @@ def _first_by_position(images: list[_SampleImage], count: int) -> list[_SampleIm
     return sorted(images, key=lambda image: image.position)[:count]
 
 
-def _shortcut_flags(outside_lungs: float, border: float) -> list[str]:
+class Flag(str):
+    """A flag as predictions.csv writes it, in English whatever the report's language (a
+    column others parse), with `shown`: the same words in the report's language."""
+
+    shown: str
+
+    def __new__(cls, written: str, shown: str) -> Flag:
+        flag = super().__new__(cls, written)
+        flag.shown = shown
+        return flag
+
+
+def _shortcut_flags(outside_lungs: float, border: float) -> list[Flag]:
+    shown = _flag_texts(outside_lungs, border)
+    with i18n.use("en"):
+        written = _flag_texts(outside_lungs, border)
+    return [Flag(w, s) for w, s in zip(written, shown, strict=True)]
+
+
+def _flag_texts(outside_lungs: float, border: float) -> list[str]:
     flags = []
     if border > IMAGE_FLAG:
         flags.append(_("shortcut: %(share)s of the salient map in the image border")

@@ -92,12 +92,12 @@ def _explain(values: dict) -> int:
     result = explain(values)
     with i18n.use(values["language"]):
         _ = i18n._
-        print(_("Model: %(model)s") % {"model": result.model})
+        print(_("Model:     %(model)s") % {"model": result.model})
         print(i18n.ngettext("Explained: %(count)s image (%(skipped)s skipped)",
                             "Explained: %(count)s images (%(skipped)s skipped)",
                             result.explained) % {"count": i18n.number(result.explained),
                                                  "skipped": i18n.number(result.skipped)})
-        print(_("Accuracy: %(accuracy)s") % {"accuracy": i18n.percent(result.accuracy)})
+        print(_("Accuracy:  %(accuracy)s") % {"accuracy": i18n.percent(result.accuracy)})
         print(_("MLflow run: %(run_id)s") % {"run_id": result.run_id})
     print(result.html)
     print(result.pdf)

@@ -170,8 +170,7 @@ def compare(baseline, candidate, data, values: Mapping, folder: Path) -> Compari
                         f"{', '.join(candidate.metadata.class_names)}); compare models of "
                         "the same classes")
     models = {"baseline": baseline, "candidate": candidate}
-    with i18n.use(values.get("language", "en")):  # the audits word the data in it too
-        audits = _audits(models, data, values, folder)
+    audits = _audits(models, data, values, folder)
     sides = [Side(role, models[role], audit) for role, audit in zip(models, audits,
                                                                      strict=True)]
     pairs = _pairs(sides[0].audit, sides[1].audit, names)
@@ -193,8 +192,12 @@ def _audits(models: dict, data, values: Mapping, folder: Path) -> list[Audit]:
     opened = [core.open_data(data, model.metadata.class_names, explain_values)
               for model in models.values()]
     folders = [core.writable_folder(folder / role, "output_dir") for role in models]
-    return core.run_audits_together(list(models.values()), [source for source, _ in opened],
-                                    explain_values, folders, opened[0][1])
+    # The audits word what they show in the report's language; the sources were opened
+    # outside it, so their descriptions, which are params, stay English.
+    with i18n.use(explain_values["language"]):
+        return core.run_audits_together(list(models.values()),
+                                        [source for source, _ in opened], explain_values,
+                                        folders, opened[0][1])
 
 
 def _pairs(a: Audit, b: Audit, names: tuple[str, ...]) -> pd.DataFrame:

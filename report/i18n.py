@@ -20,6 +20,7 @@ import gettext as gettext_module
 import io
 from contextvars import ContextVar
 from datetime import datetime
+from decimal import Decimal
 from functools import cache
 from pathlib import Path
 
@@ -28,6 +29,8 @@ from babel.dates import format_datetime
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from babel.numbers import format_decimal, format_percent
+
+from report.errors import OptionError
 
 LANGUAGES = {"en": "English", "pt-BR": "português (Brasil)"}
 DOMAIN = "report"
@@ -60,7 +63,8 @@ def translations(language: str) -> gettext_module.NullTranslations:
 def use(language: str):
     """Everything produced inside speaks `language`."""
     if language not in LANGUAGES:
-        raise ValueError(f"unknown language {language!r}; choose one of {', '.join(LANGUAGES)}")
+        raise OptionError("language", f"unknown value {language!r}; choose one of "
+                          f"{', '.join(LANGUAGES)}")
     token = _current.set(language)
     try:
         yield
@@ -73,6 +77,8 @@ def current() -> str:
 
 
 def _(message: str) -> str:
+    if not message:  # gettext("") is the catalog's header, never a message
+        return message
     return translations(current()).gettext(message)
 
 
@@ -89,21 +95,26 @@ def _locale() -> Locale:
     return Locale.parse(locale_name(current()))
 
 
+# Numbers are not grouped by thousands (the English report never was: "1234" stays as it
+# was), and the value is given to Babel exactly (Decimal of the float), so that it rounds the
+# way Python's own formatting does ("27.3%" for 109/400, not Babel's "27.2%").
+
+
 def percent(value: float | None, digits: int = 1) -> str:
     """0.932 -> "93.2%" in English, "93,2%" in Brazilian Portuguese (CLDR's patterns)."""
     if _is_missing(value):
         return MISSING
-    pattern = _locale().percent_formats[None].pattern
+    pattern = _locale().percent_formats[None].pattern.replace("#,##", "")
     decimals = "0." + "0" * digits if digits else "0"
-    return format_percent(value, format=pattern.replace("0%", decimals + "%", 1),
-                          locale=_locale())
+    return format_percent(Decimal(float(value)),
+                          format=pattern.replace("0%", decimals + "%", 1), locale=_locale())
 
 
 def decimal(value: float | None, digits: int = 3) -> str:
-    """1234.5678 -> "1,234.568" / "1.234,568"; signed differences keep their sign."""
+    """1234.5678 -> "1234.568" / "1234,568"."""
     if _is_missing(value):
         return MISSING
-    return format_decimal(value, format="#,##0." + "0" * digits if digits else "#,##0",
+    return format_decimal(Decimal(float(value)), format="0." + "0" * digits if digits else "0",
                           locale=_locale())
 
 
@@ -114,8 +125,8 @@ def signed(value: float, digits: int = 3) -> str:
 
 
 def number(value: int) -> str:
-    """A count: "1,234" / "1.234"."""
-    return format_decimal(value, format="#,##0", locale=_locale())
+    """A count, as digits: "1234" in both languages."""
+    return format_decimal(value, format="0", locale=_locale())
 
 
 def timestamp(moment: datetime) -> str:

@@ -97,6 +97,7 @@ class MethodsRanking:
     scores: list[MethodScore]
     recommended: str | None
     has_masks: bool
+    language: str = "en"  # what its report is written in, unless the caller says otherwise
 
     def score(self, method: str) -> MethodScore:
         return next(score for score in self.scores if score.method == method)
@@ -144,7 +145,8 @@ def rank_methods(loaded, source, values, data_label: str) -> MethodsRanking:
     has_masks = bool(sample.masked.any())
     _rank(scores, has_masks)
     return MethodsRanking(loaded_label(loaded), data_label, metadata.class_names, sample,
-                          classes, scores, recommend(scores), has_masks)
+                          classes, scores, recommend(scores), has_masks,
+                          values.get("language", "en"))
 
 
 def loaded_label(loaded) -> str:

@@ -149,9 +149,10 @@ def gallery(ranking: MethodsRanking) -> list[GalleryRow]:
 
 
 def render_html(ranking: MethodsRanking, run_id: str | None = None,
-                language: str = "en") -> str:
-    """The report page in `language` (i18n.LANGUAGES): the template's messages, the findings,
-    the table, the figure and the gallery's captions all in it."""
+                language: str | None = None) -> str:
+    """The report page in `language` (i18n.LANGUAGES; default the ranking's own): the
+    template's messages, the findings, the table, the figure and the gallery's captions."""
+    language = language or ranking.language
     template = render._environment().get_template(TEMPLATE_NAME)
     scores = ranking.scores
     with i18n.use(language):
@@ -176,16 +177,18 @@ def render_html(ranking: MethodsRanking, run_id: str | None = None,
 
 
 def write(ranking: MethodsRanking, folder: Path, run_id: str | None = None,
-          language: str = "en") -> tuple[Path, Path]:
+          language: str | None = None) -> tuple[Path, Path]:
     """`folder/methods.html` and `folder/methods.pdf`, in `language`."""
     return render.write_html_and_pdf(render_html(ranking, run_id, language), Path(folder),
                                      "methods")
 
 
-def run_note(ranking: MethodsRanking, language: str = "en") -> str:
-    """The run's description: the disclaimer, then the findings, in `language`."""
+def run_note(ranking: MethodsRanking, language: str | None = None) -> str:
+    """The run's description: the disclaimer, then the findings, in `language` (default the
+    ranking's own)."""
     from report.sinks import _markdown_text
 
+    language = language or ranking.language
     with i18n.use(language):
         lines = "\n".join(f"- {_markdown_text(finding.text)}"
                           for finding in findings(ranking))

@@ -370,7 +370,8 @@ class Explainer:
             if flags:
                 true_name = "unlabelled" if record.label is None else (
                     self.metadata.class_names[record.label])
-                self.collected.add_flag(position, record.image_id, true_name, "; ".join(flags))
+                self.collected.add_flag(position, record.image_id, true_name,
+                                        "; ".join(flag.shown for flag in flags))
             for extra in maps[1:]:
                 writer.add_map(self._key(record.image_id, extra), extra.raw)
             if not self._second_pass:

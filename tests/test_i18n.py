@@ -74,7 +74,7 @@ def test_translations_keep_every_placeholder():
 def test_numbers_and_plurals_follow_the_language():
     with i18n.use("pt-BR"):
         assert i18n.percent(0.932) == "93,2%"
-        assert i18n.decimal(1234.5678) == "1.234,568"
+        assert i18n.decimal(1234.5678) == "1234,568"  # no thousands groups, as in English
         one = i18n.ngettext("%(count)s image", "%(count)s images", 1) % {"count": 1}
         many = i18n.ngettext("%(count)s image", "%(count)s images", 3) % {"count": 3}
     assert (one, many) == ("1 imagem", "3 imagens")
@@ -198,3 +198,27 @@ def test_the_comparison_and_methods_reports_speak_portuguese_too(tmp_path):
         assert "página 1 de" in text
         left = [sentence for sentence in english_sentences() if sentence in text]
         assert not left, (pdf.name, left[:5])
+
+
+def test_english_numbers_round_as_python_formats_them_and_are_not_grouped():
+    with i18n.use("en"):
+        assert i18n.percent(109 / 400) == f"{109 / 400:.1%}" == "27.3%"
+        assert i18n.decimal(0.165, 2) == f"{0.165:.2f}"
+        assert i18n.number(1234) == "1234"
+        assert i18n._("") == ""  # not the catalog's header
+
+
+def test_predictions_csv_flags_stay_english_while_the_report_shows_them_translated():
+    from report.checks import _shortcut_flags
+
+    with i18n.use("pt-BR"):
+        flags = _shortcut_flags(outside_lungs=0.95, border=0.62)
+    assert [str(flag) for flag in flags] == [
+        "shortcut: 62% of the salient map in the image border",
+        "shortcut: 95% of the salient map outside the lungs"]
+    assert all(flag.shown.startswith("atalho") for flag in flags)
+
+
+def test_an_unknown_language_is_a_one_line_option_error():
+    with pytest.raises(report.OptionError, match="language"), i18n.use("fr"):
+        pass
