@@ -18,7 +18,6 @@ from report.cam.engine import make_engine
 from report.i18n import N_
 
 RANDOM_MAPS = N_("random smooth maps")
-ROAD_FRACTIONS = (0.2, 0.4, 0.6, 0.8)
 # (key, label, higher is better). Each explainer gets every one it can be scored by.
 METRICS = (
     ("deletion_auc", N_("Deletion AUC"), False),
@@ -97,34 +96,28 @@ def score_with_baselines(engine, sample: SampleData, plan, batch_size: int,
         explainers[name] = (baseline.title, baseline, maps)
     explainers["random"] = (RANDOM_MAPS, None, measures.random_maps(sample.maps.shape,
                                                                      seed=1234))
-    removed = np.array([0.0, *ROAD_FRACTIONS, 1.0])
     values, curves = {}, {}
     for key, (_, explainer, maps) in explainers.items():
         values[key], curves[key] = _scores(engine, sample, maps, plan, batch_size)
         values[key]["sanity"] = (method_sanity if key == "method" else
                                  _sanity(explainer, sample, plan))
     return BaselineScores([(key, title) for key, (title, _, _) in explainers.items()],
-                          values, removed, curves, len(sample.inputs),
+                          values, np.array(road.WITH_ENDS), curves, len(sample.inputs),
                           min(plan.road_images, len(sample.inputs)))
 
 
 def _scores(engine, sample: SampleData, maps, plan, batch_size: int):
     """Every check but the sanity check, for one explainer's maps; the class scores come from
     the method's engine (the same model)."""
-    faith = checks.faithfulness(engine, sample.inputs, maps, sample.classes, sample.labels,
-                                plan.steps, batch_size, with_random=False)
-    n = plan.road_images
-    road_curves = road.road_curves(engine, sample.inputs[:n], maps[:n], sample.classes[:n],
-                                   ROAD_FRACTIONS, batch_size)
-    summary = road.road_summary(road_curves, np.array([0.0, *ROAD_FRACTIONS, 1.0]))
+    faithful, road_curves = faithfulness_scores(engine, sample.inputs, maps, sample.classes,
+                                                sample.labels, plan.steps, batch_size,
+                                                plan.road_images)
     salient = measures.salient_part(maps)
     border = measures.border_band(maps.shape[1:])
     values = {
-        "deletion_auc": float(np.mean(measures.curve_auc(faith.curves["deletion"]))),
-        "insertion_auc": float(np.mean(measures.curve_auc(faith.curves["insertion"]))),
-        "road_gap": summary["gap"],
-        "average_drop": faith.average_drop["cam"],
-        **_localisation(sample, maps),
+        **{key: faithful[key] for key in ("deletion_auc", "insertion_auc", "road_gap",
+                                          "average_drop")},
+        **localisation_scores(maps, sample.labels, sample.classes, sample.lesion_masks),
         "border": float(np.nanmean(measures.energy_inside(salient, border))),
         "outside_lungs": float(np.nanmean(measures.energy_outside(salient,
                                                                   sample.lung_masks))),
@@ -132,12 +125,35 @@ def _scores(engine, sample: SampleData, maps, plan, batch_size: int):
     return values, {order: curve.mean(axis=0) for order, curve in road_curves.items()}
 
 
-def _localisation(sample: SampleData, maps) -> dict[str, float]:
-    """Pointing and Otsu IoU on the correctly classified images with a lesion mask."""
-    chosen = (sample.labels == sample.classes) & sample.lesion_masks.any(axis=(1, 2))
+def faithfulness_scores(engine, inputs, maps, classes, labels, steps: int, batch_size: int,
+                        road_images: int) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Deletion and insertion AUC, Average Drop, and ROAD (MoRF, LeRF and their gap, on the
+    first `road_images`) of one explainer's maps, with ROAD's curves: what the trust checks
+    and `methods` score every explainer by."""
+    faith = checks.faithfulness(engine, inputs, maps, classes, labels, steps, batch_size,
+                                with_random=False)
+    n = road_images
+    curves = road.road_curves(engine, inputs[:n], maps[:n], classes[:n],
+                              batch_size=batch_size)
+    summary = road.road_summary(curves, road.WITH_ENDS)
+    return {
+        "deletion_auc": float(np.mean(measures.curve_auc(faith.curves["deletion"]))),
+        "insertion_auc": float(np.mean(measures.curve_auc(faith.curves["insertion"]))),
+        "average_drop": faith.average_drop["cam"],
+        "road_morf_auc": summary["morf_auc"],
+        "road_lerf_auc": summary["lerf_auc"],
+        "road_gap": summary["gap"],
+    }, curves
+
+
+def localisation_scores(maps, labels, classes, lesion_masks) -> dict[str, float]:
+    """Pointing and Otsu IoU on the correctly classified images with a lesion mask
+    (`lesion_masks` (N, H, W), all False where an image has none), as the audit scores
+    localisation; nan without any."""
+    chosen = (np.asarray(labels) == np.asarray(classes)) & lesion_masks.any(axis=(1, 2))
     if not chosen.any():
         return {"pointing": float("nan"), "otsu_iou": float("nan")}
-    masks = sample.lesion_masks[chosen]
+    masks = lesion_masks[chosen]
     return {"pointing": float(np.mean(measures.pointing_hits(maps[chosen], masks))),
             "otsu_iou": float(np.mean(measures.otsu_iou(maps[chosen], masks)))}
 

@@ -428,8 +428,11 @@ class Flag(str):
 
 def _shortcut_flags(outside_lungs: float, border: float) -> list[Flag]:
     shown = _flag_texts(outside_lungs, border)
-    with i18n.use("en"):
-        written = _flag_texts(outside_lungs, border)
+    if shown and i18n.current() != "en":  # worded twice only when flagged in another language
+        with i18n.use("en"):
+            written = _flag_texts(outside_lungs, border)
+    else:
+        written = shown
     return [Flag(w, s) for w, s in zip(written, shown, strict=True)]
 
 

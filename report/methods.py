@@ -26,7 +26,8 @@ import numpy as np
 from scipy.stats import rankdata
 from tqdm import tqdm
 
-from report import checks, i18n, measures, road
+from report import checks, i18n
+from report.baselines import faithfulness_scores, localisation_scores
 from report.cam.engine import BASELINES, METHODS, make_engine
 from report.data.batches import iter_batches
 from report.data.records import Skipped
@@ -36,8 +37,8 @@ from report.streaming import preprocess
 
 FAITHFULNESS_STEPS = 10  # deletion at 0, 10%, ..., 100% of the pixels
 # ROAD's imputations are a sparse solve each (about 0.1 s at 224 px for half the pixels), so
-# fewer steps and images than deletion's forward passes.
-ROAD_FRACTIONS, ROAD_IMAGES = (0.2, 0.4, 0.6, 0.8), 16
+# fewer images than deletion's forward passes.
+ROAD_IMAGES = 16
 SANITY_IMAGES, SANITY_STAGES = 8, 5
 GALLERY_IMAGES = 4  # images shown under every method, side by side
 
@@ -69,6 +70,13 @@ class Sample:
     @property
     def masked(self) -> np.ndarray:
         return np.array([mask is not None and mask.any() for mask in self.lesion_masks])
+
+    @property
+    def lesion_stack(self) -> np.ndarray:
+        """(N, H, W) bool, all False where an image has no mask."""
+        empty = np.zeros(self.pixels.shape[1:3], bool)
+        return np.stack([empty if mask is None else mask.astype(bool)
+                         for mask in self.lesion_masks])
 
 
 @dataclass
@@ -194,36 +202,20 @@ def _scored(engine, sample: Sample, maps, classes, batch_size: int, seconds: flo
             ) -> dict[str, float]:
     from report import robustness
 
-    faithful = checks.faithfulness(engine, sample.inputs, maps, classes, sample.labels,
-                                   FAITHFULNESS_STEPS, batch_size, with_random=False)
-    curves = road.road_curves(engine, sample.inputs[:ROAD_IMAGES], maps[:ROAD_IMAGES],
-                              classes[:ROAD_IMAGES], ROAD_FRACTIONS, batch_size)
-    removed = (0.0, *ROAD_FRACTIONS, 1.0)
-    road_summary = road.road_summary(curves, removed)
+    faithful, _ = faithfulness_scores(engine, sample.inputs, maps, classes, sample.labels,
+                                      FAITHFULNESS_STEPS, batch_size, ROAD_IMAGES)
     sanity = checks.cascading_randomisation(engine, sample.inputs[:SANITY_IMAGES],
                                             classes[:SANITY_IMAGES], SANITY_STAGES)
     stable = robustness.robustness(engine, sample.inputs, maps, classes, batch_size)
     return {
-        "deletion_auc": float(np.mean(measures.curve_auc(faithful.curves["deletion"]))),
-        "insertion_auc": float(np.mean(measures.curve_auc(faithful.curves["insertion"]))),
-        "road_morf_auc": road_summary["morf_auc"],
-        "road_lerf_auc": road_summary["lerf_auc"],
-        "road_gap": road_summary["gap"],
-        "otsu_iou": _localisation(sample, maps, classes),
+        **{key: faithful[key] for key in ("deletion_auc", "insertion_auc", "road_morf_auc",
+                                          "road_lerf_auc", "road_gap")},
+        "otsu_iou": localisation_scores(maps, sample.labels, classes,
+                                        sample.lesion_stack)["otsu_iou"],
         "sanity": sanity.final_correlation,
         "robustness": stable.mean_spearman,
         "seconds_per_image": seconds,
     }
-
-
-def _localisation(sample: Sample, maps, classes) -> float:
-    """Mean Otsu IoU over the sample's correctly classified images with a lesion mask, as
-    the audit scores localisation (nan without any)."""
-    chosen = np.flatnonzero(sample.masked & (sample.labels == classes))
-    if not len(chosen):
-        return float("nan")
-    masks = np.stack([sample.lesion_masks[i] for i in chosen])
-    return float(np.mean(measures.otsu_iou(maps[chosen], masks)))
 
 
 def _rank(scores: list[MethodScore], has_masks: bool) -> None:

@@ -18,6 +18,11 @@ from scipy.sparse.linalg import splu
 
 from report import measures
 
+# The fractions removed by default: both callers' (the trust checks, `methods`). Evenly
+# spaced, so that with both ends they are the x axis `measures.curve_auc` assumes.
+FRACTIONS = (0.2, 0.4, 0.6, 0.8)
+WITH_ENDS = (0.0, *FRACTIONS, 1.0)
+
 # (row offset, column offset, weight) of the 8 neighbours, as in the paper's imputer:
 # 1/6 for the direct neighbours and 1/12 for the diagonal ones (they sum to 1).
 _NEIGHBOURS = tuple(
@@ -89,7 +94,7 @@ def _linear_fill(image: np.ndarray, removed: np.ndarray) -> np.ndarray:
     return factors.solve(rhs)
 
 
-def road_curves(engine, inputs, maps, classes, fractions, batch_size: int,
+def road_curves(engine, inputs, maps, classes, fractions=FRACTIONS, batch_size: int = 32,
                 noise: float = 0.01, seed: int = 0) -> dict[str, np.ndarray]:
     """MoRF and LeRF curves with noisy linear imputation (Rong et al. 2022).
 
