@@ -14,6 +14,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TINY_SIZE = 64
 
+# A skipped test fails when CI=true (tests/ci_strict.py says why).
+pytest_plugins = ["tests.ci_strict"]
+
 
 @pytest.fixture
 def tracking_store(tmp_path, monkeypatch) -> str:
