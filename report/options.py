@@ -143,6 +143,9 @@ EXPLAIN = (
            choices=QUALITY_LEVELS, label=N_("Quality checks")),
     Option("label_map", "path", None,
            "YAML file mapping source labels to the model's classes (or null)", nullable=True),
+    Option("follow_symlinks", "bool", False,
+           "read images through symbolic links that lead out of the data folder; by default "
+           "they are skipped, as are index-file paths that leave it"),
     Option("class_names", "list", None,
            "class names in output order, for a model whose metadata has none "
            "(comma-separated on the command line)", nullable=True),
@@ -209,8 +212,8 @@ BENCH = (
 
 FAIL_ON = ("none", "worse", "shortcut", "any")
 _SHARED_WITH_COMPARE = ("split", "method", "score", "batch_size", "quality", "limit",
-                        "workers", "label_map", "class_names", "unsafe_deserialization",
-                        "language", "output_dir")
+                        "workers", "label_map", "follow_symlinks", "class_names",
+                        "unsafe_deserialization", "language", "output_dir")
 
 # Champion against challenger (`python -m report compare`, entry point `compare`,
 # `report.compare`): the audit's options, except those each model chooses for itself.
@@ -228,8 +231,9 @@ COMPARE = (
            choices=FAIL_ON),
 )
 
-_SHARED_WITH_METHODS = ("split", "layer", "score", "batch_size", "label_map", "class_names",
-                       "unsafe_deserialization", "language", "output_dir")
+_SHARED_WITH_METHODS = ("split", "layer", "score", "batch_size", "label_map",
+                        "follow_symlinks", "class_names", "unsafe_deserialization",
+                        "language", "output_dir")
 
 # Which method to believe for this model (`python -m report methods`, entry point `methods`):
 # every method and both baselines on one sample, scored by the same checks and ranked.

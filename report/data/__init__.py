@@ -55,15 +55,17 @@ def open_source(
     split: str,
     label_map: Mapping[str, str | None] | None = None,
     channel_order: str = "bgr",
+    follow_symlinks: bool = False,
 ) -> ImageSource:
     """The source `spec` names: a `--data` spec, a folder, or `(images, labels)` in memory.
 
     `label_map` (source label -> model class or None) overrides the source's default map;
-    `channel_order` is how the `arrays` layout stored colour (arrays in memory are RGB).
+    `channel_order` is how the `arrays` layout stored colour (arrays in memory are RGB);
+    `follow_symlinks` lets symlinks lead out of the data folder (containment.py).
     """
     if split not in SPLITS:
         raise UserError(f"unknown split '{split}'; choose one of {', '.join(SPLITS)}")
-    request = Request(tuple(class_names), split, label_map, channel_order)
+    request = Request(tuple(class_names), split, label_map, channel_order, follow_symlinks)
     if isinstance(spec, tuple):
         return _open_in_memory(spec, request)
     if isinstance(spec, os.PathLike):
@@ -76,8 +78,19 @@ def open_source(
     name, colon, location = spec.partition(":")
     source = SOURCES.get(name)
     if source is not None and (colon or source.location_optional):
-        return source.from_spec(location, request)
+        return _note_ignored_label_map(source.from_spec(location, request), label_map)
     return _open_path(Path(spec), request)
+
+
+def _note_ignored_label_map(source: ImageSource, label_map) -> ImageSource:
+    """Generated data has the model's class names: a label map given with it would be
+    ignored without a word, so the report says so."""
+    if label_map and isinstance(source, SyntheticSource):
+        source.notes.append(
+            f"label map not used: {source.name} data is generated with the model's own class "
+            f"names ({len(label_map)} entries ignored)"
+        )
+    return source
 
 
 def detect_layouts(path: Path) -> list[str]:

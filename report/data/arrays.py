@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from report.data.containment import DataFolder, printable
 from report.data.labels import LabelMap
 from report.data.pixels import resize
 from report.data.records import LoadedImage, Record, row_index, row_source
@@ -37,11 +38,12 @@ class ArraySource(RootedSource):
     def __init__(
         self, root: Path, class_names: tuple[str, ...], split: str,
         label_map: LabelMap | None = None, channel_order: str = "bgr",
+        follow_symlinks: bool = False,
     ):
         if channel_order not in CHANNEL_ORDERS:
             raise UserError(f"channel order '{channel_order}': use one of {CHANNEL_ORDERS}")
         self.channel_order = channel_order
-        super().__init__(root, class_names, split, label_map)
+        super().__init__(root, class_names, split, label_map, follow_symlinks)
 
     matches = staticmethod(is_arrays_folder)
 
@@ -53,11 +55,11 @@ class ArraySource(RootedSource):
     def from_spec(cls, location: str, request: Request) -> ArraySource:
         root = cls.named_folder(location)
         return cls(root, request.class_names, request.split, request.label_map,
-                   request.channel_order)
+                   request.channel_order, request.follow_symlinks)
 
     def list_records(self) -> None:
         self.x_path = self.root / X_FILE
-        self._x, labels = _open_arrays(self.root)
+        self._x, labels = _open_arrays(self.root, self.folder)
         for index in split_indices(len(labels), self.split):
             self._add(int(index), labels[index])
         self.notes.append(
@@ -73,6 +75,15 @@ class ArraySource(RootedSource):
         else:
             self.add(key, source, ARRAY_CLASSES[class_index])
 
+    def refusal(self, path: str) -> str | None:
+        return None  # a row of X (`FILE[index]`), not a file: X was checked on opening
+
+    def listing_refusal(self, path: str) -> str | None:
+        return None
+
+    def file_size(self, record: Record) -> int | None:
+        return None
+
     def load(self, record: Record, image_size: tuple[int, int]) -> LoadedImage:
         stored = np.asarray(self._x[row_index(record.source)])
         pixels = stored[..., ::-1] if self.channel_order == "bgr" else stored
@@ -82,11 +93,16 @@ class ArraySource(RootedSource):
         )
 
 
-def _open_arrays(root: Path) -> tuple[np.ndarray, np.ndarray]:
-    """X memory-mapped (it can be gigabytes); Y is small and read whole."""
+def _open_arrays(root: Path, folder: DataFolder) -> tuple[np.ndarray, np.ndarray]:
+    """X memory-mapped (it can be gigabytes, and is never checked for size); Y is small and
+    read whole, so it is size-checked first. Both must be in the data folder."""
+    x_path = root / X_FILE
+    if folder.refusal(x_path):
+        raise UserError(f"'{printable(str(x_path))}' not read: {folder.refusal(x_path)}")
+    y_path = folder.index_file(root / Y_FILE, "label array")
     try:
-        x = np.load(root / X_FILE, mmap_mode="r")
-        y = np.load(root / Y_FILE)
+        x = np.load(x_path, mmap_mode="r", allow_pickle=False)
+        y = np.load(y_path, allow_pickle=False)
     except (OSError, ValueError) as error:
         raise UserError(f"cannot read the arrays in '{root}': {error}") from error
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3:

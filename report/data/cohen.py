@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
+from report.data.containment import DataFolder
 from report.data.listing import in_split
 from report.data.source import RootedSource
+from report.data.tables import read_header, read_records
 from report.i18n import _
 
 METADATA = "metadata.csv"
@@ -25,7 +26,9 @@ def is_cohen_folder(path: Path) -> bool:
     metadata = path / METADATA
     if not metadata.is_file():
         return False
-    return all(column in _header(metadata) for column in REQUIRED_COLUMNS)
+    if DataFolder(path).refusal(metadata):
+        return True  # not read to detect; the listing says why it is not read at all
+    return all(column in read_header(metadata) for column in REQUIRED_COLUMNS)
 
 
 class CohenSource(RootedSource):
@@ -45,7 +48,7 @@ class CohenSource(RootedSource):
 
     def list_records(self) -> None:
         listed: set[Path] = set()
-        for row in in_split(read_rows(self.root / METADATA), self.split):
+        for row in in_split(read_rows(self.root / METADATA, self.folder), self.split):
             self._add(row, listed)
 
     def describe(self) -> str:
@@ -78,6 +81,9 @@ class CohenSource(RootedSource):
         if path in listed:
             return f"duplicate of {path}"  # the same file named by an earlier row
         listed.add(path)
+        refused = self.folder.refusal(path)  # before probing a path out of the folder
+        if refused:
+            return refused
         if not path.is_file():
             return "missing file"
         return ""
@@ -89,17 +95,9 @@ def frontal_view(view: str) -> str:
     return "AP" if view.split(" ")[0] == "AP" else view
 
 
-def read_rows(path: Path) -> list[dict[str, str]]:
-    """Rows with stripped keys and values (the file has values with trailing spaces),
-    sorted by file so the order does not depend on how the CSV was last edited."""
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        rows = [
-            {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
-            for row in csv.DictReader(handle)
-        ]
+def read_rows(path: Path, folder: DataFolder) -> list[dict[str, str]]:
+    """Rows with stripped, lower-case keys and stripped values (the file has values with
+    trailing spaces), sorted by file so the order does not depend on how the CSV was last
+    edited."""
+    rows = read_records(path, folder, "Cohen metadata", REQUIRED_COLUMNS, lower=True)
     return sorted(rows, key=lambda row: (row.get("folder", ""), row["filename"]))
-
-
-def _header(path: Path) -> list[str]:
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        return [column.strip().lower() for column in next(csv.reader(handle), [])]

@@ -17,7 +17,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing, get_decoder
 
-from report.data.pixels import gray_to_rgb, stretch
+from report.data.pixels import BLOCK_VALUES, gray_to_rgb, stretch
 from report.data.records import UnreadableImage
 
 
@@ -33,7 +33,23 @@ def read_dataset(data: bytes) -> pydicom.Dataset:
 
 def frame_size(dataset: pydicom.Dataset) -> tuple[int, int]:
     """Width and height from the header, known before any pixel data is decoded."""
-    return int(dataset.get("Columns", 0)), int(dataset.get("Rows", 0))
+    return _header_int(dataset, "Columns", 0), _header_int(dataset, "Rows", 0)
+
+
+def sample_layout(dataset: pydicom.Dataset) -> tuple[int, int, int]:
+    """Frames, samples per pixel and bytes per sample, from the header."""
+    frames = max(_header_int(dataset, "NumberOfFrames", 1), 1)
+    samples = max(_header_int(dataset, "SamplesPerPixel", 1), 1)
+    bits = max(_header_int(dataset, "BitsAllocated", 16), 1)
+    return frames, samples, (bits + 7) // 8
+
+
+def _header_int(dataset: pydicom.Dataset, keyword: str, default: int) -> int:
+    try:
+        value = dataset.get(keyword, default)
+        return int(value if value not in (None, "") else default)
+    except (TypeError, ValueError) as error:
+        raise UnreadableImage(f"DICOM header {keyword} is not a number: {error}") from error
 
 
 def to_rgb(dataset: pydicom.Dataset) -> np.ndarray:
@@ -58,6 +74,8 @@ def _pixel_array(dataset: pydicom.Dataset) -> np.ndarray:
                 f"installed packages (needs: {needs})"
             )
     try:
+        # Only the first frame is decoded: a multi-frame file's others are never shown.
+        dataset.pixel_array_options(index=0)
         return dataset.pixel_array
     except Exception as error:  # decoders raise many types; the file is what is wrong
         name = syntax.name if syntax is not None else "unknown transfer syntax"
@@ -72,22 +90,45 @@ def _decoder(syntax):
 
 
 def _first_frame(pixels: np.ndarray, dataset: pydicom.Dataset) -> np.ndarray:
-    """Radiographs have one frame; of a multi-frame file only the first is shown."""
-    frames = int(dataset.get("NumberOfFrames", 1) or 1)
-    return pixels[0] if frames > 1 else pixels
+    """Radiographs have one frame; of a multi-frame file only the first is decoded (see
+    _pixel_array), and kept should a decoder still return them all."""
+    samples = int(dataset.get("SamplesPerPixel", 1) or 1)
+    return pixels[0] if pixels.ndim > (3 if samples > 1 else 2) else pixels
 
 
 def _gray_to_uint8(pixels: np.ndarray, dataset: pydicom.Dataset) -> np.ndarray:
-    values = apply_modality_lut(pixels, dataset)
+    """The display pipeline, a block of rows at a time: pydicom's LUT and window functions
+    return float64 copies, which for a whole 50-megapixel film took over a gigabyte."""
+    blocks = [slice(start, start + _rows_per_block(pixels))
+              for start in range(0, pixels.shape[0], _rows_per_block(pixels))]
     voi_range = _voi_output_range(dataset)
     if voi_range is None:
         # No VOI in the file: show the data's own range, as viewers do.
-        return stretch(values, float(values.min()), float(values.max()))
-    if dataset.get("VOILUTSequence"):
-        values = apply_voi(values, dataset)
-    else:
-        values = apply_windowing(values, dataset)
-    return stretch(values, *voi_range)
+        low, high = _modality_range(pixels, dataset, blocks)
+    gray = np.empty(pixels.shape, np.uint8)
+    for rows in blocks:
+        values = apply_modality_lut(pixels[rows], dataset)
+        if voi_range is None:
+            gray[rows] = stretch(values, low, high)
+        elif dataset.get("VOILUTSequence"):
+            gray[rows] = stretch(apply_voi(values, dataset), *voi_range)
+        else:
+            gray[rows] = stretch(apply_windowing(values, dataset), *voi_range)
+    return gray
+
+
+def _rows_per_block(pixels: np.ndarray) -> int:
+    return max(1, BLOCK_VALUES // max(1, pixels.shape[1] if pixels.ndim > 1 else 1))
+
+
+def _modality_range(pixels: np.ndarray, dataset: pydicom.Dataset, blocks: list[slice]
+                    ) -> tuple[float, float]:
+    lows, highs = [], []
+    for rows in blocks:
+        values = apply_modality_lut(pixels[rows], dataset)
+        lows.append(float(values.min()))
+        highs.append(float(values.max()))
+    return min(lows), max(highs)
 
 
 def _voi_output_range(dataset: pydicom.Dataset) -> tuple[float, float] | None:

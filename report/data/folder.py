@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from report.data.containment import printable
 from report.data.ids import safe_id, unique_id
 from report.data.labels import LabelResolver, unmapped_reason
 from report.data.listing import in_split, is_junk
@@ -74,7 +75,10 @@ class FolderSource(RootedSource):
 
 
 def _key(path: Path, folder: Path) -> str:
-    return path.relative_to(folder).with_suffix("").as_posix()
+    relative = path.relative_to(folder)
+    if not relative.name:  # the class folder itself, refused as a whole (see images_in)
+        return folder.name
+    return relative.with_suffix("").as_posix()
 
 
 def match_class_folders(base: Path, resolver: LabelResolver) -> tuple[list[Path], list[Path]]:
@@ -83,7 +87,7 @@ def match_class_folders(base: Path, resolver: LabelResolver) -> tuple[list[Path]
     labels = {folder: resolver(folder.name) for folder in folders}
     matched = sorted((f for f in folders if labels[f] is not None), key=lambda f: labels[f])
     if not matched:
-        found = ", ".join(p.name for p in folders) or "none"
+        found = printable(", ".join(p.name for p in folders)) or "none"
         raise UserError(
             f"no class folder in '{base}' matches the model's classes "
             f"({', '.join(resolver.class_names)}); found: {found}. Name one subfolder per "

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from report.data import containment
 from report.data.pixels import gray_to_rgb, resize, resize_mask, scale_to_uint8
 from report.data.records import Box, LoadedImage, UnreadableImage
 
@@ -22,6 +23,14 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
 # Images larger than this are skipped before decoding: a 10,000 x 10,000 RGB film would take
 # 300 MB to decode, and no chest X-ray needs more than a few megapixels. Change it here.
 MAX_PIXELS = 50_000_000
+# What decoding may hold, pixels x frames x samples x bytes per sample, checked from the
+# header before decoding: 50 megapixels of 32-bit grey (PIL's "I"/"F") or RGBA fit; a
+# multi-frame DICOM whose frames together exceed it is refused, though only its first
+# frame would be shown. Change it here.
+MAX_DECODED_BYTES = 256 * 2**20
+# Bytes per pixel as PIL holds each mode in memory (RGB takes four, like RGBA).
+PIL_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 4, "PA": 4, "RGB": 4, "RGBA": 4, "CMYK": 4,
+                  "YCbCr": 4, "I;16": 2, "I;16B": 2, "I;16L": 2, "I": 4, "F": 4}
 NOT_DECODABLE = "not a decodable PNG/JPEG image"
 PIL_FORMATS = ("PNG", "JPEG")
 
@@ -44,14 +53,22 @@ def read_image_file(
 
 
 def read_bytes(path: Path) -> bytes:
+    """The file's bytes, after stat says it is a regular file within the size limit; never
+    more than the limit, even if the file grows in between."""
+    refusal = containment.file_refusal(path)
+    if refusal is not None:
+        raise UnreadableImage(refusal)
     try:
-        data = path.read_bytes()
+        with path.open("rb") as handle:
+            data = handle.read(containment.MAX_FILE_BYTES + 1)
     except FileNotFoundError as error:
         raise UnreadableImage("missing file") from error
     except OSError as error:
         raise UnreadableImage(f"cannot read file: {error.strerror}") from error
     if not data:
         raise UnreadableImage("empty file")
+    if len(data) > containment.MAX_FILE_BYTES:
+        raise UnreadableImage(containment.file_refusal(path) or "file grew past the limit")
     return data
 
 
@@ -84,8 +101,10 @@ def decode_pixels(data: bytes, suffix: str = "") -> np.ndarray:
     except Exception as error:  # e.g. a JPEG cut off inside its headers
         raise UnreadableImage(f"truncated or corrupt image: {error}") from error
     check_size(*image.size)
+    check_decoded_bytes(*image.size, bytes_per_sample=PIL_MODE_BYTES.get(image.mode, 4))
     try:
-        return to_pixels(ImageOps.exif_transpose(image))
+        ImageOps.exif_transpose(image, in_place=True)  # a copy of the film when not in place
+        return to_pixels(image)
     except Exception as error:  # a truncated or corrupt file can fail in many ways
         raise UnreadableImage(f"truncated or corrupt image: {error}") from error
 
@@ -95,7 +114,9 @@ def _decode_dicom(data: bytes) -> np.ndarray:
     from report.data import dicom  # pydicom is only needed for DICOM
 
     dataset = dicom.read_dataset(data)
-    check_size(*dicom.frame_size(dataset))
+    width, height = dicom.frame_size(dataset)
+    check_size(width, height)
+    check_decoded_bytes(width, height, *dicom.sample_layout(dataset))
     return dicom.to_rgb(dataset)
 
 
@@ -113,18 +134,34 @@ def check_size(width: int, height: int) -> None:
         )
 
 
+def check_decoded_bytes(
+    width: int, height: int, frames: int = 1, samples: int = 1, bytes_per_sample: int = 1
+) -> None:
+    total = width * height * frames * samples * bytes_per_sample
+    if total > MAX_DECODED_BYTES:
+        raise UnreadableImage(
+            f"image over the {MAX_DECODED_BYTES / 2**20:g} MiB decoding limit ({width}x{height}"
+            f" x {frames} frame(s) x {samples} sample(s) x {bytes_per_sample} byte(s) = "
+            f"{total / 2**20:.0f} MiB; raise report.data.images.MAX_DECODED_BYTES to read it)"
+        )
+
+
 def to_pixels(image: Image.Image) -> np.ndarray:
-    """Any PIL mode -> uint8 grey (H, W) for grey modes, else RGB (H, W, 3). Alpha is
-    dropped, not composited: on an X-ray, blending onto black or white would invent density
-    where the film has none."""
+    """Any PIL mode -> uint8 grey (H, W) for grey modes, else RGB (H, W, 3); 16- and
+    32-bit images are closed once copied out. Alpha is dropped, not composited: on an
+    X-ray, blending onto black or white would invent density where the film has none."""
     if image.mode.startswith("I") or image.mode == "F":
-        return scale_to_uint8(np.asarray(image))
+        values = np.asarray(image)
+        image.close()  # PIL's own copy is not needed while this one is scaled (98 MB at 49 MP)
+        return scale_to_uint8(values)
     if image.mode == "L":
         return np.asarray(image, dtype=np.uint8).copy()
     if image.mode in ("P", "PA"):
         # Palette images may carry transparency; going through RGBA keeps PIL from warning.
         image = image.convert("RGBA")
-    return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+    if image.mode != "RGB":
+        image = image.convert("RGB")  # a copy; an RGB film is not copied for nothing
+    return np.array(image, dtype=np.uint8)
 
 
 def read_mask(path: Path, image_size: tuple[int, int]) -> np.ndarray:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from report.data.containment import file_refusal, printable
 from report.errors import UserError
 
 LabelMap = Mapping[str, str | None]
@@ -22,10 +23,16 @@ LabelMap = Mapping[str, str | None]
 def load_label_map(path: str | Path) -> dict[str, str | None]:
     """Read `source label: model class` (or null to drop the label) from a YAML file."""
     path = Path(path).expanduser()
+    refusal = file_refusal(path)  # not a FIFO, a device or a huge file read whole
+    if refusal is not None:
+        raise UserError(f"cannot read label map '{printable(str(path))}': {refusal}")
     try:
-        content = yaml.safe_load(path.read_text(encoding="utf-8"))
+        content = yaml.safe_load(path.read_bytes().decode("utf-8"))
     except OSError as error:
         raise UserError(f"cannot read label map '{path}': {error.strerror}") from error
+    except UnicodeDecodeError as error:
+        raise UserError(f"label map '{printable(str(path))}' is not UTF-8 text (byte "
+                        f"{error.start}); save it as UTF-8") from error
     except yaml.YAMLError as error:
         raise UserError(f"label map '{path}' is not valid YAML: {error}") from error
     if not isinstance(content, dict) or not content:
@@ -48,7 +55,7 @@ class LabelResolver:
         self.class_names = class_names
         self._classes = {name.lower(): i for i, name in enumerate(class_names)}
         self._defaults = {_key(k): v for k, v in defaults.items()}
-        self._user = {_key(k): v for k, v in (user or {}).items()}
+        self._user = _normalised_user_map(user or {})
         self._user_keys_used: set[str] = set()
         self._check_user_targets()
 
@@ -88,6 +95,27 @@ class LabelResolver:
                 )
 
 
+def _normalised_user_map(user: LabelMap) -> dict[str, str | None]:
+    """The user's entries by normalised label; two entries that become the same label and
+    send it to different classes are a UserError (one would silently win)."""
+    normalised: dict[str, str | None] = {}
+    spelled: dict[str, object] = {}
+    for label, target in user.items():
+        key = _key(label)
+        if key in normalised and _target(normalised[key]) != _target(target):
+            raise UserError(
+                f"label map has '{spelled[key]}' and '{label}', which are the same label "
+                f"(case and spaces around '/' do not count), sending it to "
+                f"'{normalised[key]}' and '{target}'; keep one"
+            )
+        normalised[key], spelled[key] = target, label
+    return normalised
+
+
+def _target(target: str | None) -> str | None:
+    return None if target is None else target.strip().lower()
+
+
 def _key(label: object) -> str:
     """Case and the spaces around '/' do not matter: `A / B` is `a/b`."""
     return "/".join(part.strip() for part in str(label).strip().lower().split("/"))
@@ -106,7 +134,10 @@ def unmapped_reason(label: str) -> str:
 
 
 def unused_note(resolver: LabelResolver) -> list[str]:
-    unused = resolver.unused_entries()
+    return unused_entries_note(resolver.unused_entries())
+
+
+def unused_entries_note(unused: list[str]) -> list[str]:
     if not unused:
         return []
     return [f"label map entries that matched no label: {', '.join(unused)}"]

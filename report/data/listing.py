@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from report.data.images import IMAGE_SUFFIXES
@@ -17,12 +18,43 @@ def is_junk(path: Path) -> bool:
     return path.name.startswith(".") or any(part in JUNK_FOLDERS for part in path.parts)
 
 
-def image_files(folder: Path) -> tuple[list[Path], int]:
+def image_files(
+    folder: Path, may_enter: Callable[[Path], bool] = lambda folder: True
+) -> tuple[list[Path], int]:
     """Image files under `folder`, sorted so every run lists them in the same order, and
-    the number of other files (hidden, macOS metadata, not an image suffix) left out."""
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    the number of other files (hidden, macOS metadata, not an image suffix) left out.
+
+    Symlinked folders are entered when `may_enter(folder)` says so, each real folder once
+    (a link to an ancestor cannot loop); a folder it refuses, `folder` itself included, is
+    listed as one entry, unopened, for the source to skip with the reason."""
+    if not may_enter(folder):
+        return [folder], 0
+    files, refused = _walk(folder, may_enter)
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES and not is_junk(p)]
-    return images, len(files) - len(images)
+    return sorted(images + refused), len(files) - len(images)
+
+
+def _walk(top: Path, may_enter: Callable[[Path], bool]) -> tuple[list[Path], list[Path]]:
+    files: list[Path] = []
+    refused: list[Path] = []
+    seen = {os.path.realpath(top)}
+    pending = [top]
+    while pending:
+        try:
+            entries = sorted(os.scandir(pending.pop()), key=lambda entry: entry.name)
+        except OSError:
+            continue  # unreadable folders hold nothing we could read either
+        for entry in entries:
+            path = Path(entry.path)
+            if entry.is_dir():  # follows symlinks
+                if entry.is_symlink() and not may_enter(path):
+                    refused.append(path)
+                elif os.path.realpath(path) not in seen:
+                    seen.add(os.path.realpath(path))
+                    pending.append(path)
+            elif entry.is_file():
+                files.append(path)
+    return files, refused
 
 
 def left_out_note(count: int, where: str) -> list[str]:

@@ -4,13 +4,14 @@ and the boxes of `BBox_List_2017.csv` for 984 of them, which become lesion masks
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
+from report.data.containment import DataFolder
 from report.data.labels import unmapped_reason
-from report.data.listing import in_split, is_junk
+from report.data.listing import image_files, in_split
 from report.data.records import Box
 from report.data.source import RootedSource
+from report.data.tables import read_records, read_rows, read_text
 
 ENTRIES = ("Data_Entry_2017.csv", "Data_Entry_2017_v2020.csv")
 BOXES_CSV = "BBox_List_2017.csv"
@@ -41,9 +42,10 @@ class NihSource(RootedSource):
 
     def list_records(self) -> None:
         files = self._index_images()
-        boxes = read_boxes(self.root / BOXES_CSV)
+        boxes = read_boxes(self.root / BOXES_CSV, self.folder)
         seen: set[str] = set()
-        for name, findings in self._split(read_entries(entries_file(self.root))):
+        entries = read_entries(entries_file(self.root), self.folder)
+        for name, findings in self._split(entries):
             self._add(name, findings, files, boxes, seen)
 
     def _add(self, name, findings, files, boxes, seen) -> None:
@@ -76,52 +78,53 @@ class NihSource(RootedSource):
         files: dict[str, Path] = {}
         copies = 0
         for folder in sorted(p for p in self.root.glob("images*") if p.is_dir()):
-            for path in sorted(folder.rglob("*.png")):
-                if is_junk(path):
-                    continue
+            for path in self._pngs(folder):
                 copies += path.name in files
                 files.setdefault(path.name, path)
         if copies:
             self.notes.append(f"{copies} extra copies of image files ignored (same name)")
         return files
 
+    def _pngs(self, folder: Path) -> list[Path]:
+        """PNGs under `folder`; a folder a symlink takes out of the data folder is noted and
+        not listed, and the entries whose images are there are then missing files."""
+        found, _ = image_files(folder, lambda linked: self.refusal(linked) is None)
+        for path in found:
+            if path.is_dir():
+                self.notes.append(f"{path.relative_to(self.root)}/ not read: "
+                                  f"{self.refusal(path)}")
+        return [path for path in found if path.suffix.lower() == ".png" and not path.is_dir()]
+
     def _split(self, entries: list[tuple[str, str]]) -> list[tuple[str, str]]:
         """NIH's official patient-wise split when its lists are there, else ours."""
         listed = self.root / SPLIT_LISTS.get(self.split, "")
         if self.split != "all" and listed.is_file():
-            names = set(listed.read_text(encoding="utf-8").split())
+            names = set(read_text(listed, self.folder, "NIH split list").split())
             self.notes.append(f"split from NIH's {listed.name}")
             return [entry for entry in entries if entry[0] in names]
         return in_split(entries, self.split)
 
 
-def read_entries(path: Path) -> list[tuple[str, str]]:
+def read_entries(path: Path, folder: DataFolder) -> list[tuple[str, str]]:
     """(Image Index, Finding Labels) sorted by image name."""
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        rows = [
-            {(k or "").strip(): (v or "").strip() for k, v in row.items()}
-            for row in csv.DictReader(handle)
-        ]
+    rows = read_records(path, folder, "NIH entries", ("Image Index", "Finding Labels"))
     return sorted((row["Image Index"], row["Finding Labels"]) for row in rows
-                  if row.get("Image Index"))
+                  if row["Image Index"])
 
 
-def read_boxes(path: Path) -> dict[str, list[tuple[str, Box]]]:
+def read_boxes(path: Path, folder: DataFolder) -> dict[str, list[tuple[str, Box]]]:
     """Image name -> (finding, box). Read by position: the header is literally
     `Image Index,Finding Label,Bbox [x,y,w,h],,,`, so its column names are useless."""
     boxes: dict[str, list[tuple[str, Box]]] = {}
     if not path.is_file():
         return boxes
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        rows = csv.reader(handle)
-        next(rows, None)
-        for row in rows:
-            try:
-                box = tuple(float(value) for value in row[2:6])
-            except ValueError:
-                continue
-            if len(box) == 4:
-                finding = row[1].strip()
-                finding = BOX_LABEL_ALIASES.get(finding, finding)
-                boxes.setdefault(row[0].strip(), []).append((finding, box))
+    for row in read_rows(path, folder, "NIH box list")[1:]:
+        try:
+            box = tuple(float(value) for value in row[2:6])
+        except ValueError:
+            continue
+        if len(box) == 4:
+            finding = row[1].strip()
+            finding = BOX_LABEL_ALIASES.get(finding, finding)
+            boxes.setdefault(row[0].strip(), []).append((finding, box))
     return boxes

@@ -4,12 +4,13 @@ width, height, Target; one row per box, several per patient) and the DICOM films
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
+from report.data.containment import DataFolder
 from report.data.listing import in_split
 from report.data.records import Box
 from report.data.source import RootedSource
+from report.data.tables import read_records
 
 LABELS_CSV = "stage_2_train_labels.csv"
 CLASS_INFO_CSV = "stage_2_detailed_class_info.csv"
@@ -39,7 +40,7 @@ class RsnaSource(RootedSource):
     matches = staticmethod(is_rsna_folder)
 
     def list_records(self) -> None:
-        patients, bad = read_labels(self.root / LABELS_CSV)
+        patients, bad = read_labels(self.root / LABELS_CSV, self.folder)
         classes = self._class_info()
         # One image per patient: the split is over patients sorted by id.
         for patient in in_split(sorted(patients), self.split):
@@ -48,7 +49,7 @@ class RsnaSource(RootedSource):
             path = self.root / IMAGES / f"{patient}.dcm"
             if patient in bad:
                 self.skip(patient, str(path), self.resolve(label), bad[patient])
-            elif not path.is_file():
+            elif self.folder.refusal(path) or not path.is_file():
                 self.skip(patient, str(path), self.resolve(label), "missing file")
             else:
                 # () says "no lesion here", which Target 0 does say.
@@ -62,24 +63,23 @@ class RsnaSource(RootedSource):
                 "abnormal films without opacity"
             )
             return {}
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            rows = csv.DictReader(handle)
-            return {row["patientId"].strip(): row["class"].strip() for row in rows}
+        rows = read_records(path, self.folder, "RSNA class file", ("patientId", "class"))
+        return {row["patientId"]: row["class"] for row in rows}
 
 
-def read_labels(path: Path) -> tuple[dict[str, list[Box]], dict[str, str]]:
+def read_labels(path: Path, folder: DataFolder
+                ) -> tuple[dict[str, list[Box]], dict[str, str]]:
     """Boxes per patient ([] for Target 0), and the patients whose rows cannot be parsed."""
     patients: dict[str, list[Box]] = {}
     bad: dict[str, str] = {}
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        for number, row in enumerate(csv.DictReader(handle), start=2):
-            patient = (row.get("patientId") or "").strip()
-            if not patient:
-                continue
-            boxes = patients.setdefault(patient, [])
-            try:
-                if int(float(row.get("Target") or 0)) == 1:
-                    boxes.append(tuple(float(row[c]) for c in BOX_COLUMNS))
-            except (TypeError, ValueError):
-                bad.setdefault(patient, f"unreadable box values on line {number} of {path.name}")
+    for number, row in enumerate(read_records(path, folder, "RSNA labels"), start=2):
+        patient = row.get("patientId", "")
+        if not patient:
+            continue
+        boxes = patients.setdefault(patient, [])
+        try:
+            if int(float(row.get("Target") or 0)) == 1:
+                boxes.append(tuple(float(row.get(c, "")) for c in BOX_COLUMNS))
+        except (TypeError, ValueError, OverflowError):
+            bad.setdefault(patient, f"unreadable box values on line {number} of {path.name}")
     return patients, bad

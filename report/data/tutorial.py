@@ -15,7 +15,7 @@ import numpy as np
 from report.data.cohen import CohenSource
 from report.data.ids import unique_id
 from report.data.kermany import KermanySource
-from report.data.labels import LabelMap
+from report.data.labels import LabelMap, unused_entries_note
 from report.data.listing import in_split
 from report.data.records import Record
 from report.data.source import ImageSource, Request, images
@@ -35,8 +35,10 @@ class TutorialSource(ImageSource):
     def __init__(
         self, cohen_dir: Path, kermany_dir: Path, class_names: tuple[str, ...], split: str,
         label_map: LabelMap | None = None, per_class: int = DEFAULT_PER_CLASS, seed: int = SEED,
+        follow_symlinks: bool = False,
     ):
         self.cohen_dir, self.kermany_dir = Path(cohen_dir), Path(kermany_dir)
+        self.follow_symlinks = follow_symlinks
         self.per_class, self.seed = per_class, seed
         self.label_map = label_map
         # The label map is applied by the Cohen and Kermany listings, not here.
@@ -47,11 +49,15 @@ class TutorialSource(ImageSource):
         """`tutorial:COHEN_DIR,KERMANY_DIR[,COUNT]`."""
         cohen, kermany, count = _tutorial_folders(location)
         return cls(cohen, kermany, request.class_names, request.split, request.label_map,
-                   count)
+                   count, follow_symlinks=request.follow_symlinks)
 
     def list_records(self) -> None:
-        cohen = CohenSource(self.cohen_dir, self.class_names, "all", self.label_map)
-        kermany = KermanySource(self.kermany_dir, self.class_names, "train", self.label_map)
+        cohen = CohenSource(self.cohen_dir, self.class_names, "all", self.label_map,
+                            self.follow_symlinks)
+        kermany = KermanySource(self.kermany_dir, self.class_names, "train", self.label_map,
+                                self.follow_symlinks)
+        # Only the folders are kept (they travel with the source to Spark tasks).
+        self._folders = {source.name: source.folder for source in (cohen, kermany)}
         groups = [
             ("COVID-19", "Cohen", _with_label(cohen.records, "covid-19", leaf=True)),
             ("NORMAL", "Kermany train", _with_label(kermany.records, "normal")),
@@ -67,12 +73,25 @@ class TutorialSource(ImageSource):
             )
         # The tutorial split the concatenated classes with train_test_split; keep its order.
         self.records = _unique_ids(in_split(sampled, self.split, keep_order=True))
+        self.notes += _unused_in_both(cohen, kermany)
+
+    def refusal(self, path: str) -> str | None:
+        """Inside the Cohen or the Kermany folder, by the rules each was listed with."""
+        refusals = [folder.refusal(path) for folder in self._folders.values()]
+        return None if None in refusals else refusals[0]
 
     def describe(self) -> str:
         return _("tutorial recipe (Cohen %(cohen)s, Kermany %(kermany)s, %(per_class)s per "
                  "class, %(where)s): %(found)s") % {
             "cohen": self.cohen_dir, "kermany": self.kermany_dir, "per_class": self.per_class,
             "where": self.where(), "found": images(len(self.records))}
+
+
+def _unused_in_both(cohen: CohenSource, kermany: KermanySource) -> list[str]:
+    """The user's label-map entries neither listing used (the tutorial's own resolver sees
+    no label map: its parts apply it)."""
+    unused = set(cohen.resolve.unused_entries()) & set(kermany.resolve.unused_entries())
+    return unused_entries_note(sorted(unused))
 
 
 def _tutorial_folders(location: str) -> tuple[Path, Path, int]:

@@ -132,3 +132,79 @@ def test_the_dicom_decoder_and_the_file_reader_do_not_import_each_other_in_a_cir
     assert "report.data.images" not in imported_modules(dicom)
     assert "report.data.pixels" in imported_modules(dicom)
     assert not {"report.data.images", "report.data.dicom"} & imported_modules(pixels)
+
+
+def multi_frame(path, frames: int, values=RAMP_12):
+    import pydicom
+
+    write_dicom(path, values, window=(2048, 4096))
+    ds = pydicom.dcmread(path)
+    ds.NumberOfFrames = frames
+    ds.PixelData = b"".join((values + n).astype(np.uint16).tobytes() for n in range(frames))
+    ds.save_as(path)
+    return path
+
+
+def test_only_the_first_frame_is_decoded(tmp_path, monkeypatch):
+    """Decoding every frame and keeping one costs the whole volume in memory."""
+    shapes = []
+    original = dicom._pixel_array
+
+    def spy(dataset):
+        shapes.append(original(dataset).shape)
+        return original(dataset)
+
+    monkeypatch.setattr(dicom, "_pixel_array", spy)
+    gray = decoded(multi_frame(tmp_path / "m.dcm", 5))
+    assert gray.shape == RAMP_12.shape and gray[0, 0] == 0
+    assert shapes and set(shapes) == {RAMP_12.shape}
+
+
+@pytest.mark.parametrize(("frames", "bits", "samples"), [(40, 16, 1), (4, 16, 3), (1, 32, 1)])
+def test_the_decoding_budget_counts_frames_samples_and_bytes(tmp_path, monkeypatch, frames,
+                                                            bits, samples):
+    """The header's rows x columns x frames x samples x bytes is checked before decoding."""
+    import pydicom
+
+    path = multi_frame(tmp_path / "m.dcm", frames)
+    ds = pydicom.dcmread(path)
+    ds.BitsAllocated, ds.SamplesPerPixel = bits, samples
+    ds.save_as(path)
+    budget = 64 * 8 * 2 * frames * samples * bits // 16 - 1  # one byte short
+    monkeypatch.setattr(images, "MAX_DECODED_BYTES", budget)
+    monkeypatch.setattr(dicom, "_pixel_array", lambda ds: pytest.fail("decoded anyway"))
+    with pytest.raises(UnreadableImage, match=r"decoding limit \(64x8 x "):
+        read_image_file(path, (8, 8))
+
+
+@pytest.mark.parametrize("keyword", ["Rows", "NumberOfFrames", "BitsAllocated"])
+def test_a_header_number_that_is_not_a_number_is_unreadable(tmp_path, keyword):
+    import pydicom
+
+    path = multi_frame(tmp_path / "m.dcm", 2)
+    ds = pydicom.dcmread(path)
+    ds[keyword].VR, ds[keyword].value = "LO", "many"
+    ds.save_as(path)
+    with pytest.raises(UnreadableImage):
+        read_image_file(path, (8, 8))
+
+
+@pytest.mark.parametrize("window", [(2048, 4096), None])
+def test_the_display_pipeline_makes_no_full_size_float_copies(tmp_path, monkeypatch, window):
+    """pydicom's LUT and window functions return float64 copies: 8 bytes a pixel each, a
+    gigabyte and more for a 49-megapixel film. They run a block of rows at a time."""
+    import tracemalloc
+
+    side = 1000
+    values = (np.add.outer(np.arange(side), np.arange(side)) % 4096).astype(np.uint16)
+    data = write_dicom(tmp_path / "big.dcm", values, window=window).read_bytes()
+    whole = decode_image(data, ".dcm")
+    monkeypatch.setattr(dicom, "BLOCK_VALUES", 100_000)
+    tracemalloc.start()
+    try:
+        blocked = decode_image(data, ".dcm")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert np.array_equal(blocked, whole)  # blocks change the memory, not the pixels
+    assert peak < 12 * side * side  # the file's values, the 8-bit result, one block

@@ -191,3 +191,46 @@ def test_a_truncated_file_stays_unreadable_after_a_pdf_was_rendered(tmp_path):
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
     data = encoded(film(0), "PNG")
     assert unreadable_reason(data[: len(data) // 2]).startswith("truncated or corrupt image")
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int16, np.int32, np.float32])
+def test_scaling_to_8_bit_makes_no_full_size_float_copies(dtype):
+    """A 49-megapixel 16-bit film took 1.6 GB: float64 copies of the whole image."""
+    import tracemalloc
+
+    from report.data.pixels import scale_to_uint8
+
+    values = (np.arange(2000 * 2000) % 60000 - (1000 if dtype in (np.int16, np.int32) else 0))
+    values = values.astype(dtype).reshape(2000, 2000)
+    low, high = (0.0, 65535.0) if values.min() >= 0 else (values.min(), values.max())
+    expected = np.clip(np.rint((values.astype(np.float64) - low)
+                               * (255.0 / (float(high) - low))), 0, 255)
+    tracemalloc.start()
+    try:
+        gray = scale_to_uint8(values)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert np.array_equal(gray, expected.astype(np.uint8))
+    assert peak < gray.nbytes + 40 * 2**20  # the result and one block, not 8 bytes a pixel
+
+
+def test_decoding_a_large_16_bit_png_stays_near_its_own_size(tmp_path):
+    """Peak memory of one decode, measured in a fresh process: under 12 bytes a pixel
+    (the 16-bit values, PIL's copy of them and the 8-bit result), where it was ~34."""
+    import subprocess
+    import sys
+
+    side = 2000
+    ramp = (np.add.outer(np.arange(side), np.arange(side)) * 7 % 65536).astype(np.uint16)
+    path = write_image(tmp_path / "big16.png", ramp)
+    script = (
+        "import resource, sys; from pathlib import Path\n"
+        "from report.data.images import read_image_file\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "read_image_file(Path(sys.argv[1]), (224, 224))\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n"
+    )
+    grown_kib = int(subprocess.run([sys.executable, "-c", script, str(path)], check=True,
+                                   capture_output=True, text=True).stdout.split()[-1])
+    assert grown_kib * 1024 < 12 * side * side

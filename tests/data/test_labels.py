@@ -56,3 +56,67 @@ def test_unused_user_entries_are_reported():
     resolve = LabelResolver(CLASSES, {}, {"Pnuemonia": "OTHER_INFECTION", "NORMAL": "NORMAL"})
     resolve("NORMAL")
     assert resolve.unused_entries() == ["pnuemonia"]
+
+
+@pytest.mark.parametrize(
+    "content", [b"PNEUMONIA: OTHER_INFECTION\n\xc4ngel: NORMAL\n", b"\xff\xfeP\x00:\x00",
+                "Lungenentzündung: NORMAL\n".encode("latin-1")])
+def test_a_label_map_that_is_not_utf8_is_a_one_line_user_error(tmp_path, content):
+    path = tmp_path / "map.yaml"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match="is not UTF-8 text") as error:
+        load_label_map(path)
+    assert "\n" not in str(error.value)
+
+
+def test_a_label_map_that_is_not_a_file_or_too_large_is_refused_unread(tmp_path,
+                                                                      monkeypatch):
+    from report.data import containment
+
+    with pytest.raises(UserError, match="not a regular file"):
+        load_label_map("/dev/null")  # a device: /dev/zero would never end
+    path = tmp_path / "map.yaml"
+    path.write_text("PNEUMONIA: OTHER_INFECTION\n")
+    monkeypatch.setattr(containment, "MAX_FILE_BYTES", 10)
+    with pytest.raises(UserError, match="file over the 10 bytes limit"):
+        load_label_map(path)
+
+
+@pytest.mark.parametrize(
+    "user", [{"Pneumonia": "NORMAL", "pneumonia": "COVID-19"},
+             {"A / B": "NORMAL", "a/b": None}, {" x": None, "X ": "NORMAL"}])
+def test_entries_that_collide_after_normalising_are_a_user_error(user):
+    with pytest.raises(UserError, match="same label"):
+        LabelResolver(CLASSES, {}, user)
+
+
+def test_entries_that_collide_but_agree_are_fine():
+    resolve = LabelResolver(CLASSES, {}, {"Pneumonia": "NORMAL", "PNEUMONIA ": "normal"})
+    assert resolve("pneumonia") == 1
+
+
+def test_unused_entries_reach_the_notes_of_every_file_source(tmp_path):
+    """The note is on the source the report shows, for a folder, a detected layout and
+    the tutorial recipe, whose listings apply the label map for it."""
+    from report.data import open_source
+    from tests.data.builders import cohen_tree, film, kermany_tree, write_image
+
+    write_image(tmp_path / "folder" / "NORMAL" / "a.png", film(1))
+    cohen_tree(tmp_path / "cohen", [("Pneumonia/Viral/COVID-19", "PA", "X-ray", "c.png")])
+    kermany_tree(tmp_path / "kermany", {"train": 1})
+    label_map = {"Typo": "NORMAL", "pneumonia": "OTHER_INFECTION"}
+    specs = [str(tmp_path / "folder"), f"cohen:{tmp_path / 'cohen'}",
+             f"kermany:{tmp_path / 'kermany'}",
+             f"tutorial:{tmp_path / 'cohen'},{tmp_path / 'kermany'}"]
+    for spec in specs:
+        notes = open_source(spec, CLASSES, "all", label_map).notes
+        assert any("matched no label" in n and "typo" in n for n in notes), spec
+
+
+@pytest.mark.parametrize("spec", ["synthetic:10", "synthetic-confounded:10"])
+def test_a_label_map_given_with_synthetic_data_is_noted(spec):
+    from report.data import open_source
+
+    notes = open_source(spec, CLASSES, "all", {"PNEUMONIA": "OTHER_INFECTION"}).notes
+    assert any("label map not used" in note for note in notes)
+    assert not any("label map" in n for n in open_source(spec, CLASSES, "all").notes)
