@@ -83,6 +83,7 @@ def explain(model, images, classes=None, **keywords):
     """
     values = options.resolve("explain", keywords, only=_EXPLAIN_KEYWORDS)
     from report.cam.engine import make_engine
+    from report.model import class_indices
     from report.streaming import preprocess
 
     loaded = _loaded_model(model, values)
@@ -90,8 +91,7 @@ def explain(model, images, classes=None, **keywords):
     pixels = _pixel_batch(images, metadata)
     engine = make_engine(values["method"], loaded.model, metadata.layer_for(values["layer"]),
                          values["score"], (*metadata.image_size, metadata.channels))
-    if classes is not None:
-        classes = np.asarray(classes, dtype=np.int32)
+    classes = class_indices(classes, metadata.class_names, len(pixels))
     return engine.explain(preprocess(pixels, metadata), classes)
 
 

@@ -7,19 +7,40 @@ cams/part-NNNNN.npz with the same keys), predictions.csv.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import posixpath
+import re
+import unicodedata
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 
-from report.data.folder import safe_id
-
 LAYER_KEY = "_layer"
 IMAGE_SIZE_KEY = "_image_size"
 UNLABELLED = "unlabelled"
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+# OWASP CSV injection: a cell starting with one of these is run as a formula by spreadsheet
+# programs; such a cell is written with a leading single quote, which they show as text.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n")
+ESCAPE = "'"
+
+# Safe artifact names: a class name as a folder name and in an MLflow image-chart key.
+MAX_ARTIFACT_NAME = 64
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_WINDOWS_DEVICES = frozenset(
+    ["CON", "PRN", "AUX", "NUL"] + [f"{port}{n}" for port in ("COM", "LPT") for n in range(10)])
+HASH_LENGTH = 8
+
+# MLflow metric keys (mlflow/utils/validation.py): at most 250 characters of letters, digits,
+# _ - . space and /, that a path normalisation leaves as they are. Keys made here use no '/'
+# (MLflow's file store turns it into a folder, where `a` and `a/b` cannot both live) and no ':'
+# (refused on Windows), and only ASCII.
+MAX_METRIC_KEY = 250
+_VALID_KEY = re.compile(r"[A-Za-z0-9_. -]+")
 
 
 class ArtifactWriter:
@@ -34,6 +55,8 @@ class ArtifactWriter:
         for a caller that orders the rows of several parts (`write_predictions`)."""
         self.folder = Path(folder)
         self.class_names = class_names
+        self._folders = artifact_names(class_names)
+        self._probabilities = range(4, 4 + len(class_names))  # numeric cells: not escaped
         self.overlay_suffix = overlay_suffix
         (self.folder / "cams").mkdir(parents=True, exist_ok=True)
         # np.savez needs every array at once; writing .npy members into the zip one by one
@@ -56,7 +79,7 @@ class ArtifactWriter:
             self._csv.writerow(predictions_header(class_names))
 
     def add_overlay(self, image_id: str, label: int | None, encoded: bytes) -> None:
-        overlay_dir = self.folder / "overlays" / safe_id(self._name(label))
+        overlay_dir = self.folder / "overlays" / self._folder(label)
         overlay_dir.mkdir(parents=True, exist_ok=True)
         (overlay_dir / f"{image_id}{self.overlay_suffix}").write_bytes(encoded)
 
@@ -89,7 +112,10 @@ class ArtifactWriter:
         self.close()
 
     def _write_row(self, kept: list[tuple[str, str]], image_id: str, row: list[str]) -> None:
-        self._csv.writerow(row)
+        """The one place rows are written, to the file or kept for `write_predictions`: every
+        text cell is escaped here, the probabilities (numbers) are left as they are."""
+        self._csv.writerow([cell if i in self._probabilities else escape_cell(cell)
+                            for i, cell in enumerate(row)])
         if self._csv_file is None:  # keep_rows: the line, exactly as the file would hold it
             kept.append((image_id, self._line.getvalue()))
             self._line.seek(0)
@@ -97,6 +123,9 @@ class ArtifactWriter:
 
     def _name(self, label: int | None) -> str:
         return UNLABELLED if label is None else self.class_names[label]
+
+    def _folder(self, label: int | None) -> str:
+        return UNLABELLED if label is None else self._folders[self.class_names[label]]
 
     def _add_array(self, key: str, array: np.ndarray) -> None:
         buffer = io.BytesIO()
@@ -119,6 +148,104 @@ def write_predictions(path: Path, class_names, lines: Iterable[str]) -> Path:
         csv.writer(file).writerow(predictions_header(class_names))
         file.writelines(lines)
     return path
+
+
+# --- cells and names made safe --------------------------------------------------------------
+
+
+def escape_cell(text: str) -> str:
+    """A predictions.csv text cell a spreadsheet will not run: OWASP's leading quote before a
+    formula character. A cell that already starts with quotes before one gets one more, so
+    `unescape_cell` gives back exactly what was written."""
+    return ESCAPE + text if text.lstrip(ESCAPE).startswith(FORMULA_STARTS) else text
+
+
+def unescape_cell(text: str) -> str:
+    """The cell as it was before `escape_cell` (for readers of predictions.csv)."""
+    escaped = text.startswith(ESCAPE) and text[1:].lstrip(ESCAPE).startswith(FORMULA_STARTS)
+    return text[1:] if escaped else text
+
+
+def unescape_predictions(table):
+    """A pandas DataFrame read from predictions.csv (as strings), its text cells as they were
+    before escaping; probabilities are numbers and never escaped."""
+    for column in table.columns:
+        if not column.startswith("prob_"):
+            table[column] = table[column].map(unescape_cell)
+    return table
+
+
+def artifact_name(name: str) -> str:
+    """`name` as a folder name and an MLflow image-chart key: itself when it already is one
+    (ASCII letters, digits, . _ -; starting with a letter or digit; not a Windows device
+    name; at most MAX_ARTIFACT_NAME characters), else a readable ASCII form with a short
+    hash of the whole name, so that 'A/B' and 'A_B' stay apart."""
+    if _is_safe_name(name) and name.casefold() != UNLABELLED:
+        return name
+    # No dots: "aux.txt" is a device on Windows whatever follows it.
+    readable = re.sub(r"[^A-Za-z0-9_-]+", "_", _ascii(name)).strip("_-")
+    readable = readable[:MAX_ARTIFACT_NAME - HASH_LENGTH - 1].rstrip("_-") or "class"
+    return f"{readable}-{_digest(name)}"
+
+
+def artifact_names(class_names: Iterable[str]) -> dict[str, str]:
+    """Class name -> its artifact name (`artifact_name`), unique even where file systems fold
+    case, and never the folder of unlabelled images."""
+    names: dict[str, str] = {}
+    taken = {UNLABELLED}
+    for position, class_name in enumerate(class_names):
+        candidate = artifact_name(class_name)
+        if candidate.casefold() in taken:  # only a name made to collide gets here
+            candidate = f"{candidate[:MAX_ARTIFACT_NAME - 6]}-{position}"
+        taken.add(candidate.casefold())
+        names[class_name] = candidate
+    return names
+
+
+def metric_keys(names: Iterable[str]) -> dict[str, str]:
+    """Each metric name -> a valid, unique MLflow metric key. A valid key is kept; another
+    becomes ASCII with the other characters as '_' (accents dropped), cut to fit, and gets a
+    short hash of the name where it would meet another key."""
+    names = list(dict.fromkeys(names))
+    keys = {name: name for name in names if _is_valid_key(name)}
+    taken = {key.casefold() for key in keys.values()}
+    for name in names:
+        if name in keys:
+            continue
+        key = _key_characters(name)
+        if len(key) > MAX_METRIC_KEY or key.casefold() in taken:
+            key = f"{key[:MAX_METRIC_KEY - HASH_LENGTH - 1]}_{_digest(name)}"
+        while key.casefold() in taken:  # a name made to collide with a hashed one
+            key = f"{key[:MAX_METRIC_KEY - 2]}_x"
+        taken.add(key.casefold())
+        keys[name] = key
+    return {name: keys[name] for name in names}
+
+
+def _is_safe_name(name: str) -> bool:
+    return (len(name) <= MAX_ARTIFACT_NAME and _SAFE_NAME.fullmatch(name) is not None
+            and not name.endswith(".") and name.split(".")[0].upper() not in _WINDOWS_DEVICES)
+
+
+def _is_valid_key(name) -> bool:
+    return (isinstance(name, str) and len(name) <= MAX_METRIC_KEY
+            and _VALID_KEY.fullmatch(name) is not None and not name.startswith(".")
+            and posixpath.normpath(name) == name)
+
+
+def _key_characters(name: str) -> str:
+    key = re.sub(r"[^A-Za-z0-9_. -]", "_", _ascii(str(name)))
+    return "_" + key if not key or key.startswith(".") else key
+
+
+def _ascii(text: str) -> str:
+    """Accents dropped (é -> e), other non-ASCII characters left for the caller to replace."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+def _digest(name: str) -> str:
+    return hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:HASH_LENGTH]
 
 
 class CamMaps(Mapping):

@@ -121,16 +121,17 @@ class MethodsRanking:
     def metrics(self) -> dict[str, float]:
         """`methods.<method>.<criterion>` and `methods.<method>.mean_rank`, for MLflow
         (gradcam++ as gradcam__: MLflow keys allow no "+")."""
-        from report.findings import metric_key
+        from report.artifacts import metric_keys
 
         flat = {}
         for score in self.scores:
             for key, value in score.values.items():
                 if np.isfinite(value):
-                    flat[metric_key(f"methods.{score.method}.{key}")] = float(value)
+                    flat[f"methods.{score.method}.{key}"] = float(value)
             if np.isfinite(score.mean_rank):
-                flat[metric_key(f"methods.{score.method}.mean_rank")] = score.mean_rank
-        return flat
+                flat[f"methods.{score.method}.mean_rank"] = score.mean_rank
+        keys = metric_keys(flat)
+        return {keys[name]: value for name, value in flat.items()}
 
 
 def rank_methods(loaded, source, values, data_label: str) -> MethodsRanking:

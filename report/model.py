@@ -6,7 +6,10 @@ only knows Keras and the shape of the metadata (docs/ARCHITECTURE.md, "Contracts
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+import numbers
+import unicodedata
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import keras
@@ -17,6 +20,22 @@ from report.errors import UserError
 
 DEFAULT_SCALE = 1 / 255
 COLORS = ("rgb", "grayscale")
+CHANNELS = {"rgb": 3, "grayscale": 1}
+# The largest side, in pixels, an input may have: 4096 x 4096 RGB is 200 MB per float32 image,
+# already more than any chest X-ray classifier takes; a larger declared size is a mistake or
+# an attempt to exhaust memory.
+MAX_IMAGE_SIDE = 4096
+# Class names become table cells, figure labels, file and metric names: longer ones are not
+# names but sentences (or an attack on the layout).
+MAX_CLASS_NAME_LENGTH = 100
+# Bidirectional embeddings, overrides and isolates: they make text read differently from what
+# it is ("Trojan source"), so a name holding one is refused with the control characters.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_SHOWN_LENGTH = 40
+
+METADATA_CLASS_NAMES = "model metadata class_names"
+OPTION_CLASS_NAMES = "class_names (--class-names)"
+_FIX_METADATA = "fix the logged model's metadata (docs/ARCHITECTURE.md, \"Contracts\")"
 
 
 @dataclass(frozen=True)
@@ -31,9 +50,17 @@ class ModelMetadata:
     # Sentences naming each default assumed because the registered model lacked the field.
     assumed: tuple[str, ...] = field(default=(), compare=False)
 
+    def __post_init__(self):
+        """The same rules however the metadata was made (read, trained, built in Python)."""
+        check_class_names(self.class_names, "class_names", "give valid class names")
+        _checked_image_size(self.image_size)
+        _checked_color(self.color)
+        _checked_scale(self.scale)
+        _checked_target_layer(self.target_layer)
+
     @property
     def channels(self) -> int:
-        return 3 if self.color == "rgb" else 1
+        return CHANNELS[self.color]
 
     def layer_for(self, requested: str) -> str:
         """The layer to explain: the one asked for, else the metadata's, else "auto"."""
@@ -57,44 +84,82 @@ class ModelMetadata:
     def from_mlflow(cls, metadata: dict | None, model: keras.Model,
                     class_names: list[str] | None = None) -> ModelMetadata:
         """Read the contract, falling back to what the model itself reveals for missing fields.
-        `class_names`, when given, replace the metadata's (the `class_names` option)."""
-        metadata = dict(metadata or {})
-        if class_names:
-            metadata["class_names"] = list(class_names)
-        preprocessing = metadata.get("preprocessing") or {}
+        `class_names`, when given, replace the metadata's (the `class_names` option).
+        Every field is checked here, so a bad one is one line naming it, not a traceback
+        later."""
+        metadata = _mapping(metadata, "model metadata")
+        preprocessing = _mapping(metadata.get("preprocessing"), "model metadata preprocessing")
         assumed: list[str] = []
-        image_size = preprocessing.get("image_size")
-        declared = _declared_input_shape(model)
-        if not image_size:
-            if declared is None:
-                raise UserError(
-                    f"model '{model.name}' declares no input shape and its metadata has no "
-                    "preprocessing.image_size; log it with that metadata"
-                )
-            image_size = declared[:2]
-            assumed.append(f"image size {image_size[0]}x{image_size[1]} from the model's input")
-        channels = declared[2] if declared else 3
-
-        color = preprocessing.get("color")
-        if color not in COLORS:
-            color = "grayscale" if channels == 1 else "rgb"
-            assumed.append(f"colour '{color}' taken from the model's {channels} input channels")
-
+        declared = _input_shape(model) or (None, None, None)
+        image_size = _image_size_of(preprocessing, declared, model, assumed)
+        color = _color_of(preprocessing, declared[2], model, assumed)
         scale = preprocessing.get("scale")
         if scale is None:
             scale = DEFAULT_SCALE
             assumed.append("pixel scale 1/255")
-
-        units = _output_units(model, (*image_size, 3 if color == "rgb" else 1))
-        class_names = _class_names(metadata.get("class_names"), units, assumed)
+        units = _output_units(model, (*image_size, CHANNELS[color]))
+        where, fix = METADATA_CLASS_NAMES, "fix it there, or pass --class-names"
+        names = metadata.get("class_names")
+        if class_names:
+            names, where, fix = class_names, OPTION_CLASS_NAMES, "fix --class-names"
+        if not _missing(names):
+            names = check_class_names(names, where, fix)
         return cls(
-            class_names=class_names,
-            image_size=(int(image_size[0]), int(image_size[1])),
+            class_names=_class_names(names, units, assumed, where, fix),
+            image_size=image_size,
             color=color,
-            scale=float(scale),
-            target_layer=metadata.get("target_layer"),
+            scale=_checked_scale(scale),
+            target_layer=_checked_target_layer(metadata.get("target_layer")),
             assumed=tuple(assumed),
         )
+
+
+def _image_size_of(preprocessing: dict, declared: tuple, model: keras.Model,
+                   assumed: list[str]) -> tuple[int, int]:
+    """The metadata's size, which must be the model's where the model fixes one; else the
+    model's own."""
+    height, width, _ = declared
+    image_size = preprocessing.get("image_size")
+    if image_size is None:
+        if height is None or width is None:
+            raise UserError(
+                f"model '{model.name}' declares no input shape and its metadata has no "
+                "preprocessing.image_size; log it with that metadata"
+            )
+        assumed.append(f"image size {height}x{width} from the model's input")
+        return _checked_image_size((height, width), f"model '{model.name}' input")
+    image_size = _checked_image_size(image_size)
+    for side, fixed in zip(image_size, (height, width), strict=True):
+        if fixed is not None and side != fixed:
+            takes = "x".join("any" if d is None else str(d) for d in (height, width))
+            raise UserError(
+                f"model metadata preprocessing.image_size is {image_size[0]}x{image_size[1]} "
+                f"but model '{model.name}' takes {takes} inputs; set image_size to the "
+                "model's input size or leave it out"
+            )
+    return image_size
+
+
+def _color_of(preprocessing: dict, channels: int | None, model: keras.Model,
+              assumed: list[str]) -> str:
+    """The metadata's colour, which must give the model's channels; else the model's own."""
+    if channels is not None and channels not in CHANNELS.values():
+        raise UserError(f"model '{model.name}' takes {channels}-channel images; the report "
+                        "feeds 1 (grayscale) or 3 (rgb) channels")
+    color = preprocessing.get("color")
+    if color is None:
+        channels = channels or 3
+        color = "grayscale" if channels == 1 else "rgb"
+        assumed.append(f"colour '{color}' taken from the model's {channels} input channels")
+    color = _checked_color(color)
+    if channels is not None and CHANNELS[color] != channels:
+        fitting = "grayscale" if channels == 1 else "rgb"
+        raise UserError(
+            f"model metadata preprocessing.color is '{color}' ({CHANNELS[color]} channel(s)) "
+            f"but model '{model.name}' takes {channels}-channel images; set color to "
+            f"'{fitting}' or leave it out"
+        )
+    return color
 
 
 @dataclass(frozen=True)
@@ -110,38 +175,204 @@ class LoadedModel:
     uri: str | None = None  # as the caller named it; None for a keras.Model in memory
 
 
-def _class_names(names: list | None, units: int, assumed: list[str]) -> tuple[str, ...]:
+def _class_names(names: list | None, units: int, assumed: list[str],
+                 where: str = METADATA_CLASS_NAMES,
+                 fix: str = "fix `class_names` in the logged model's metadata"
+                 ) -> tuple[str, ...]:
     """One sigmoid unit is a binary model: two classes, (negative, positive)."""
     n_classes = 2 if units == 1 else units
-    if not names:
+    if _missing(names):
         names = [f"class_{i}" for i in range(n_classes)]
         assumed.append(f"class names {', '.join(names)} (no `class_names` in metadata)")
     elif units == 1 and len(names) == 1:
-        names = [f"not {names[0]}", names[0]]
+        names = [_negative_name(names[0]), names[0]]
         assumed.append(f"negative class named '{names[0]}' for the single sigmoid output")
     if len(names) != n_classes:
-        raise UserError(
-            f"model metadata lists {len(names)} class names but the model has {units} "
-            "output(s); fix `class_names` in the logged model's metadata"
-        )
-    return tuple(str(name) for name in names)
+        raise UserError(f"{where} lists {len(names)} class names but the model has {units} "
+                        f"output(s); {fix}")
+    return tuple(names)
 
 
-def _declared_input_shape(model: keras.Model) -> tuple[int, int, int] | None:
+def _negative_name(positive: str) -> str:
+    name = f"not {positive}"
+    return name if len(name) <= MAX_CLASS_NAME_LENGTH else name[:MAX_CLASS_NAME_LENGTH - 1] + "…"
+
+
+def _missing(names) -> bool:
+    """No class names given: the metadata lacks the field or lists none."""
+    return names is None or (isinstance(names, list | tuple) and not names)
+
+
+# --- checking -------------------------------------------------------------------------------
+
+
+def check_class_names(names, where: str, fix: str) -> tuple[str, ...]:
+    """`names` as a tuple, or a one-line UserError naming the first bad name (shortened) and
+    `fix`. A name must be text, not blank, free of control characters, at most
+    MAX_CLASS_NAME_LENGTH characters, and differ from the others beyond case, Unicode
+    normalisation and surrounding spaces: those would merge two classes in a file system that
+    folds case, in a spreadsheet filter, or in a reader's eyes."""
+    if isinstance(names, str | bytes) or not isinstance(names, Sequence):
+        raise UserError(f"{where} is {_kind(names)}, not a list of names; {fix}")
+    seen: dict[str, str] = {}
+    for name in names:
+        problem = _name_problem(name)
+        if problem:
+            raise UserError(f"{where}: class name {shown(name)} {problem}; {fix}")
+        key = unicodedata.normalize("NFC", name).strip().casefold()
+        if key in seen:
+            raise UserError(
+                f"{where}: class name {shown(name)} repeats {shown(seen[key])} (names must "
+                f"differ beyond case, accents' encoding and surrounding spaces); {fix}"
+            )
+        seen[key] = name
+    return tuple(names)
+
+
+def _name_problem(name) -> str | None:
+    if not isinstance(name, str):
+        return f"is {_kind(name)}, not text (quote it)"
+    if not name.strip():
+        return "is empty or only spaces"
     try:
-        shape = tuple(model.inputs[0].shape)
-    except (AttributeError, IndexError, TypeError):  # subclassed, never built functionally
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid text (bytes that are not UTF-8)"
+    for character in name:
+        if unicodedata.category(character) in ("Cc", "Zl", "Zp") or character in _BIDI_CONTROLS:
+            return f"contains the control character U+{ord(character):04X}"
+    length = len(unicodedata.normalize("NFC", name))
+    if length > MAX_CLASS_NAME_LENGTH:
+        return f"is {length} characters long, above the limit of {MAX_CLASS_NAME_LENGTH}"
+    return None
+
+
+def shown(value) -> str:
+    """A value as a message quotes it: repr (control characters escaped, so the message stays
+    one line), shortened."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN_LENGTH else text[:_SHOWN_LENGTH - 1] + "…"
+
+
+def _kind(value) -> str:
+    return "missing" if value is None else f"a {type(value).__name__}"
+
+
+def _mapping(value, where: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise UserError(f"{where} is {_kind(value)} ({shown(value)}), not a mapping of fields; "
+                        f"{_FIX_METADATA}")
+    return dict(value)
+
+
+def _whole(value) -> int | None:
+    """An int from an int, or from a float with no fraction (YAML may write 224.0); never from
+    a bool, a string or a fraction."""
+    if isinstance(value, bool):
         return None
-    if len(shape) != 4 or None in shape[1:]:
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _checked_image_size(value, where: str = "model metadata preprocessing.image_size"
+                        ) -> tuple[int, int]:
+    sides = (list(value) if isinstance(value, list | tuple) else [])
+    size = [_whole(side) for side in sides]
+    if len(size) != 2 or None in size or min(size) < 1 or max(size) > MAX_IMAGE_SIDE:
+        raise UserError(
+            f"{where} is {shown(value)}; give [height, width]: two whole numbers of pixels, "
+            f"1 to {MAX_IMAGE_SIDE} each; {_FIX_METADATA}"
+        )
+    return size[0], size[1]
+
+
+def _checked_color(value) -> str:
+    """`rgb` or `grayscale`, in any case (`RGB` is how most people write it)."""
+    if isinstance(value, str) and value.strip().lower() in COLORS:
+        return value.strip().lower()
+    raise UserError(f"model metadata preprocessing.color is {shown(value)}; use "
+                    f"{' or '.join(COLORS)}, or leave it out")
+
+
+def _checked_scale(value) -> float:
+    number = None if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+        else float(value)
+    if number is None or not math.isfinite(number) or number <= 0:
+        raise UserError(f"model metadata preprocessing.scale is {shown(value)}; give the "
+                        "positive number pixels are multiplied by (e.g. 0.00392156862745098 "
+                        "for 1/255), or leave it out")
+    return number
+
+
+def _checked_target_layer(value) -> str | None:
+    if value is None or value == "":
         return None
-    return int(shape[1]), int(shape[2]), int(shape[3])
+    if not isinstance(value, str):
+        raise UserError(f"model metadata target_layer is {shown(value)}; give a layer name "
+                        "(text), or leave it out")
+    return value
+
+
+def class_indices(classes, class_names: Sequence[str], count: int) -> np.ndarray | None:
+    """`report.explain(classes=...)`: one class per image, by index or by name, as int32; None
+    (explain the predicted class) stays None. Anything else is a one-line UserError."""
+    if classes is None:
+        return None
+    fix = f"give one class per image: an index 0..{len(class_names) - 1} or a class name"
+    if isinstance(classes, str | bytes):
+        raise UserError(f"classes: got the text {shown(classes)}; {fix}, in a list")
+    try:
+        values = classes.tolist() if isinstance(classes, np.ndarray) else list(classes)
+    except TypeError:
+        raise UserError(f"classes: got {_kind(classes)}; {fix}, in a list") from None
+    if not isinstance(values, list) or len(values) != count:
+        raise UserError(f"classes: {len(values) if isinstance(values, list) else 1} given for "
+                        f"{count} images; {fix}")
+    return np.asarray([_class_index(value, class_names, fix) for value in values], np.int32)
+
+
+def _class_index(value, class_names: Sequence[str], fix: str) -> int:
+    if isinstance(value, str) and value in class_names:
+        return list(class_names).index(value)
+    index = _whole(value) if not isinstance(value, float) else None
+    if index is None or not 0 <= index < len(class_names):
+        raise UserError(f"classes: {shown(value)} is not one of the model's classes; {fix}")
+    return index
+
+
+def _input_shape(model: keras.Model) -> tuple[int | None, int | None, int | None] | None:
+    """(height, width, channels) of the model's one image input, None where free; None for a
+    subclassed model that never declared one."""
+    try:
+        inputs = model.inputs
+    except AttributeError:  # subclassed, never built functionally
+        return None
+    if not inputs:
+        return None
+    if len(inputs) != 1:
+        raise UserError(f"model '{model.name}' has {len(inputs)} inputs; the report explains "
+                        "models that take one image input")
+    shape = tuple(inputs[0].shape)
+    if len(shape) != 4:
+        raise UserError(f"model '{model.name}' takes inputs of shape {shape}; the report "
+                        "explains models that take images (batch, height, width, channels)")
+    return tuple(None if d is None else int(d) for d in shape[1:])
 
 
 def _output_units(model: keras.Model, input_shape: tuple[int, int, int]) -> int:
     try:
-        return int(model.outputs[0].shape[-1])
+        shape = tuple(model.outputs[0].shape)
     except (AttributeError, IndexError, TypeError):
-        return int(model(np.zeros((1, *input_shape), np.float32), training=False).shape[-1])
+        shape = tuple(model(np.zeros((1, *input_shape), np.float32), training=False).shape)
+    if len(shape) != 2 or shape[-1] is None or int(shape[-1]) < 1:
+        raise UserError(f"model '{model.name}' outputs shape {shape}, not one score per "
+                        "class (batch, classes); the report explains classifiers")
+    return int(shape[-1])
 
 
 # --- building -------------------------------------------------------------------------------

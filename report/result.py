@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from report.artifacts import CamMaps
+from report.artifacts import CamMaps, unescape_predictions
 from report.render import Figure, Finding, ReportContext, Section
 
 
@@ -52,8 +52,8 @@ class Audit:
     def predictions(self) -> pd.DataFrame:
         """predictions.csv as a DataFrame: one row per image found (skipped ones included,
         with empty probabilities), probabilities as floats, `correct` as True/False/None."""
-        table = pd.read_csv(self.artifacts_dir / "predictions.csv", dtype=str,
-                            keep_default_na=False)
+        table = unescape_predictions(pd.read_csv(
+            self.artifacts_dir / "predictions.csv", dtype=str, keep_default_na=False))
         for column in table.columns:
             if column.startswith("prob_"):
                 table[column] = pd.to_numeric(table[column].replace("", np.nan))

@@ -22,13 +22,12 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from report import render
-from report.artifacts import ArtifactWriter
+from report.artifacts import ArtifactWriter, artifact_name
 from report.cam.engine import upsample
 from report.cam.normalise import by_scale, per_image
 from report.cam.overlay import OVERLAY_FORMATS, encode, label_text, make_overlay
 from report.checks import QualityAccumulator, QualityPlan
 from report.data.batches import Batch, iter_batches
-from report.data.ids import safe_id
 from report.data.pixels import resize, resize_mask
 from report.data.records import Record, Skipped
 from report.i18n import _
@@ -457,7 +456,7 @@ class Explainer:
     def _key(self, image_id: str, item: _Map) -> str:
         if not item.extra:
             return image_id
-        return f"{image_id}__{safe_id(self.metadata.class_names[item.class_index])}"
+        return f"{image_id}__{artifact_name(self.metadata.class_names[item.class_index])}"
 
 
 def draw_and_encode(pixels, heatmap, label: str, alpha: float, colormap: str,

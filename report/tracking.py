@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import tempfile
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
 from pathlib import Path
@@ -12,19 +14,23 @@ from pathlib import Path
 import keras
 import mlflow
 import numpy as np
+import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
+from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
+from report.artifacts import artifact_names, metric_keys
 from report.errors import UserError
 from report.model import LoadedModel, ModelMetadata
 from report.paths import DEFAULT_ARTIFACT_ROOT, DEFAULT_TRACKING_URI
 
 EXPERIMENT_NAME = "cxr-gradcam-report"
 NOTE_TAG = "mlflow.note.content"
+NOTE_CUT = "\n\n… (cut here: the whole description is in the report)"
 # The packages a loaded model needs, pinned to what logged it.
 MODEL_REQUIREMENTS = ("mlflow", "tensorflow", "keras", "numpy")
 
@@ -58,10 +64,12 @@ def _probe_server(uri: str, timeout: float = 10.0) -> None:
 
 
 def log_overlay_charts(overlays: dict[str, list], per_class: int) -> None:
-    """A few overlays per class as MLflow image charts (key `overlay_<class>`, one step per
-    image); a '/' in the key would make them unreadable in the UI."""
+    """A few overlays per class as MLflow image charts (key `overlay_<artifact name>`, the
+    class's overlays/ folder name, one step per image): MLflow takes only ASCII letters,
+    digits and _-. there, and a '/' would make them unreadable in the UI."""
+    names = artifact_names(overlays)
     for class_name, images in overlays.items():
-        key = "overlay_" + "".join(c if c.isalnum() or c in "-_" else "_" for c in class_name)
+        key = f"overlay_{names[class_name]}"
         for step, image in enumerate(images[:per_class]):
             mlflow.log_image(image, key=key, step=step)
 
@@ -69,6 +77,25 @@ def log_overlay_charts(overlays: dict[str, list], per_class: int) -> None:
 def record_failure(error: BaseException) -> None:
     """Say on the run why it failed; MLflow itself marks it FAILED when the block exits."""
     mlflow.set_tag("error", f"{type(error).__name__}: {_first_line(error)}"[:5000])
+
+
+def require_writable_artifact_store() -> None:
+    """The active run's artifact folder, checked writable before the long work, when it is
+    local (`file:` or a plain path: the project's own store). A remote store is not probed:
+    its refusals are MlflowExceptions, which the CLI words in one line."""
+    uri = mlflow.active_run().info.artifact_uri
+    repository = get_artifact_repository(uri)
+    if not isinstance(repository, LocalArtifactRepository):
+        return
+    folder = Path(repository.artifact_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise UserError(f"the MLflow artifact store cannot be written: {uri} "
+                        f"({error.strerror}); fix the experiment's artifact location or "
+                        "choose another experiment (MLFLOW_EXPERIMENT_NAME)") from error
 
 
 def active_run_id() -> str | None:
@@ -137,8 +164,10 @@ def log_new_params(params: dict) -> None:
 
 
 def log_metrics(metrics: dict[str, float]) -> None:
-    """`metrics` keyed by valid MLflow names (findings.metric_key made them so)."""
-    mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+    """`metrics` under valid, unique MLflow keys (`artifacts.metric_keys`): a class name in a
+    key (`roc_auc.<class>`) may hold characters or a length MLflow refuses."""
+    keys = metric_keys(metrics)
+    mlflow.log_metrics({keys[name]: float(value) for name, value in metrics.items()})
 
 
 def training_callback():
@@ -180,6 +209,11 @@ def log_text(text: str, artifact_file: str) -> None:
 
 
 def set_note(markdown: str) -> None:
+    """The run description; MLflow keeps at most MAX_TAG_VAL_LENGTH characters of a tag (a
+    table of many classes is longer), so a longer one is cut where it says so, not by MLflow
+    or a server that refuses it."""
+    if len(markdown) > MAX_TAG_VAL_LENGTH:
+        markdown = markdown[:MAX_TAG_VAL_LENGTH - len(NOTE_CUT)] + NOTE_CUT
     mlflow.set_tag(NOTE_TAG, markdown)
 
 
@@ -296,12 +330,7 @@ def _download(model_uri: str) -> str:
 def _load_keras(local: str, model_uri: str, unsafe_deserialization: bool):
     """The MLmodel description and the Keras model, both from the one downloaded copy."""
     try:
-        info = Model.load(local)
-        if "keras" not in info.flavors:
-            raise UserError(
-                f"model '{model_uri}' has no Keras flavour ({', '.join(info.flavors)}); log it "
-                "with mlflow.keras.log_model(..., save_exported_model=False)"
-            )
+        info = _model_description(local, model_uri)
         # Keras' safe mode refuses serialized Python code (Lambda layers): loading a model
         # from a shared registry must not run whatever its author pickled into it.
         model = mlflow.keras.load_model(
@@ -313,15 +342,60 @@ def _load_keras(local: str, model_uri: str, unsafe_deserialization: bool):
         raise
     except ValueError as error:
         if "safe_mode" not in str(error) and "arbitrary code" not in str(error):
-            raise
+            raise _unreadable_keras(model_uri, error) from error
         raise UserError(
             f"model '{model_uri}' contains serialized Python code (a Lambda layer), which could "
             "run anything on this machine; refused. If you trust its author, pass "
             "--unsafe-deserialization (unsafe_deserialization=True in Python)"
         ) from error
+    except (OSError, KeyError, TypeError, AttributeError, zipfile.BadZipFile) as error:
+        # A damaged or hand-edited model file: Keras raises whatever its parser met first.
+        raise _unreadable_keras(model_uri, error) from error
     if not isinstance(model, keras.Model):
         raise UserError(f"'{model_uri}' is not a Keras model; log it with mlflow.keras")
     return info, model
+
+
+def _model_description(local: str, model_uri: str) -> Model:
+    """The MLmodel file, checked far enough that loading the Keras flavour cannot stumble on
+    its shape, nor read a model file outside the model's folder."""
+    try:
+        info = Model.load(local)
+    except MlflowException:
+        raise
+    except (yaml.YAMLError, TypeError, AttributeError, KeyError, ValueError) as error:
+        raise _bad_description(model_uri, f"{type(error).__name__}: {_first_line(error)}") \
+            from error
+    if not isinstance(info.flavors, dict):
+        raise _bad_description(model_uri, "its `flavors` is not a mapping")
+    if "keras" not in info.flavors:
+        raise UserError(
+            f"model '{model_uri}' has no Keras flavour ({', '.join(map(str, info.flavors))}); "
+            "log it with mlflow.keras.log_model(..., save_exported_model=False)"
+        )
+    keras_flavour = info.flavors["keras"]
+    if not isinstance(keras_flavour, dict):
+        raise UserError(f"model '{model_uri}': its Keras flavour in the MLmodel file is "
+                        f"{type(keras_flavour).__name__}, not a mapping; save the model again "
+                        "with mlflow.keras.save_model")
+    data = keras_flavour.get("data", "data")
+    root = Path(local).resolve()
+    if not isinstance(data, str) or not (root / data).resolve().is_relative_to(root):
+        raise UserError(f"model '{model_uri}': its Keras flavour points the model file outside "
+                        f"the model folder (data: {data!r:.60}); refused. Save the model again "
+                        "with mlflow.keras.save_model")
+    return info
+
+
+def _bad_description(model_uri: str, why: str) -> UserError:
+    return UserError(f"model '{model_uri}': its MLmodel file is not a valid MLflow model "
+                     f"description ({why}); save the model again with mlflow.keras.save_model")
+
+
+def _unreadable_keras(model_uri: str, error: BaseException) -> UserError:
+    return UserError(f"could not read the Keras model file of '{model_uri}' "
+                     f"({type(error).__name__}: {_first_line(error)[:200]}); save the model "
+                     "again with mlflow.keras.save_model")
 
 
 def _resolve_version(model_uri: str):
