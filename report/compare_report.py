@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from babel.numbers import get_decimal_symbol
 
-from report import figures, i18n, paired, render
+from report import figures, i18n, measures, paired, render
 from report.comparison import (
     BETTER,
     DRIFT_SPEARMAN,
@@ -28,7 +28,8 @@ from report.comparison import (
     overlay_of,
 )
 from report.i18n import _, decimal, ngettext, number, percent
-from report.render import Finding, Table
+from report.measures import MAX_CLASSES_SHOWN
+from report.render import Finding, Table, other_classes_label
 
 TEMPLATE_NAME = "compare.html.j2"
 
@@ -93,7 +94,8 @@ def findings(comparison) -> list[Finding]:
             "not for the baseline. Do not promote it on accuracy alone.",
             "A new shortcut in the candidate: %(classes)s are flagged for the candidate and "
             "not for the baseline. Do not promote it on accuracy alone.",
-            len(comparison.newly_flagged)) % {"classes": ", ".join(comparison.newly_flagged)}))
+            len(comparison.newly_flagged))
+            % {"classes": ", ".join(_capped(comparison.newly_flagged))}))
     else:
         lines.append(Finding("pass", _("No class is newly flagged for a shortcut in the "
                                        "candidate.")))
@@ -107,8 +109,11 @@ def render_html(comparison, run_id: str | None = None, language: str = "en") -> 
     template = render._environment().get_template(TEMPLATE_NAME)
     with i18n.use(language):
         a, b = comparison.baseline, comparison.candidate
-        names = list(comparison.class_names)
-        by_class = _agreement_by_class(comparison)
+        shown = shown_classes(comparison)
+        names = [comparison.class_names[i] for i in shown.indices]
+        if shown.left_out:
+            names.append(other_classes_label(shown.left_out))
+        by_class = _agreement_by_class(comparison, shown)
         roles = {"baseline": _("Baseline"), "candidate": _("Candidate")}
         return template.render(
             language=language,
@@ -125,9 +130,10 @@ def render_html(comparison, run_id: str | None = None, language: str = "en") -> 
             disclaimer=render.DISCLAIMER,
             disclaimer_pt=render.DISCLAIMER_PT,
             summary=_summary_table(comparison),
-            per_class=_per_class_table(comparison),
+            per_class=_per_class_table(comparison, shown),
             confusions=[(roles[side.role], _svg_uri(figures.confusion_matrix_svg(
-                side.audit.context.confusion, names))) for side in (a, b)],
+                _shown_confusion(side.audit.context.confusion, shown), names)))
+                for side in (a, b)],
             fixed=_flip_pairs(comparison.fixed), broken=_flip_pairs(comparison.broken),
             n_fixed=len(comparison.fixed), n_broken=len(comparison.broken),
             agreement=Table([_("Class"), _("Images"), _("Median Spearman"),
@@ -139,9 +145,10 @@ def render_html(comparison, run_id: str | None = None, language: str = "en") -> 
                 list(by_class), [v[0] for v in by_class.values()],
                 [v[1] for v in by_class.values()])),
             least_agreeing=_least_agreeing(comparison),
-            trust=_trust_table(comparison),
-            flagged=[(roles[side.role], side.audit.shortcut_classes) for side in (a, b)],
-            newly_flagged=comparison.newly_flagged,
+            trust=_trust_table(comparison, shown),
+            flagged=[(roles[side.role], _capped(side.audit.shortcut_classes))
+                     for side in (a, b)],
+            newly_flagged=_capped(comparison.newly_flagged),
         )
 
 
@@ -163,27 +170,62 @@ def _summary_table(comparison) -> Table:
     return Table(["", _("Baseline"), _("Candidate"), _("Difference (95% CI)")], rows)
 
 
-def _per_class_table(comparison) -> Table:
+def shown_classes(comparison) -> measures.ShownClasses:
+    """The classes the comparison shows one by one: all up to MAX_CLASSES_SHOWN, else those
+    with the most compared images, then the most predicted by either model."""
+    n_classes = len(comparison.class_names)
+    pairs = comparison.pairs
+
+    def counts(column: str) -> np.ndarray:
+        return np.bincount(pairs[column].to_numpy(dtype=int), minlength=n_classes)
+
+    return measures.shown_classes(counts("true_class"),
+                                  counts("baseline_class") + counts("candidate_class"))
+
+
+def _capped(names: list[str]) -> list[str]:
+    """At most MAX_CLASSES_SHOWN class names, then how many more there are."""
+    if len(names) <= MAX_CLASSES_SHOWN:
+        return list(names)
+    more = len(names) - MAX_CLASSES_SHOWN
+    return [*names[:MAX_CLASSES_SHOWN],
+            ngettext("and %(count)s more class", "and %(count)s more classes", more)
+            % {"count": number(more)}]
+
+
+def _shown_confusion(confusion, shown: measures.ShownClasses) -> np.ndarray:
+    confusion = np.asarray(confusion)
+    return render.pooled_confusion(confusion, shown) if shown.left_out else confusion
+
+
+def _per_class_table(comparison, shown: measures.ShownClasses) -> Table:
     a = {row["class"]: row for row in comparison.baseline.audit.context.per_class}
     b = {row["class"]: row for row in comparison.candidate.audit.context.per_class}
     metrics = {"precision": _("precision"), "recall": _("recall"), "f1": "F1"}
     rows = []
-    for index, name in enumerate(comparison.class_names):
-        for metric, shown in metrics.items():
+    for index in shown.indices:
+        name = comparison.class_names[index]
+        for metric, label in metrics.items():
             interval = comparison.per_class[metric][index]
-            rows.append([name if metric == "precision" else "", shown,
+            rows.append([name if metric == "precision" else "", label,
                          _number(a.get(name, {}).get(metric)),
                          _number(b.get(name, {}).get(metric)), _interval(interval)])
+    if shown.left_out:
+        # TRANSLATORS: the cell of a pooled row: how many compared images its classes have.
+        images = shown.left_out_support
+        rows.append([other_classes_label(shown.left_out),
+                     ngettext("%(count)s image", "%(count)s images", images)
+                     % {"count": number(images)}, i18n.MISSING, i18n.MISSING, i18n.MISSING])
     return Table([_("Class"), _("Metric"), _("Baseline"), _("Candidate"),
                   _("Difference (95% CI)")], rows)
 
 
-def _trust_table(comparison) -> Table:
+def _trust_table(comparison, shown: measures.ShownClasses) -> Table:
     a, b = comparison.baseline.audit.metrics, comparison.candidate.audit.metrics
     # The labels are declared (N_) in comparison.TRUST_METRICS, translated here.
     rows = [[_(label), _number(a.get(key)), _number(b.get(key))]
             for key, label in TRUST_METRICS if key in a or key in b]
-    for name in comparison.class_names:
+    for name in (comparison.class_names[i] for i in shown.indices):
         for key, words in (
                 ("border_energy", _("%(name)s: salient share in the border band")),
                 ("outside_lung_energy", _("%(name)s: salient share outside the lungs"))):
@@ -194,10 +236,20 @@ def _trust_table(comparison) -> Table:
     return Table([_("Check"), _("Baseline"), _("Candidate")], rows)
 
 
-def _agreement_by_class(comparison) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    classes = comparison.pairs.true_label.to_numpy()
-    return {name: (comparison.spearman[classes == name], comparison.iou[classes == name])
-            for name in comparison.class_names if (classes == name).any()}
+def _agreement_by_class(comparison, shown: measures.ShownClasses
+                        ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per shown class with images, its images' agreements; the other classes' images
+    pooled under one label."""
+    classes = comparison.pairs.true_class.to_numpy(dtype=int)
+    by_class = {comparison.class_names[c]: (comparison.spearman[classes == c],
+                                            comparison.iou[classes == c])
+                for c in shown.indices if (classes == c).any()}
+    others = ~np.isin(classes, shown.indices)
+    if others.any():
+        count = len(np.unique(classes[others]))
+        by_class[other_classes_label(count)] = (comparison.spearman[others],
+                                                comparison.iou[others])
+    return by_class
 
 
 def _least_agreeing(comparison) -> list[Pair]:

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from report import core, i18n, options, paired
-from report.data.ids import safe_id
+from report.artifacts import artifact_names
 from report.errors import UserError
 from report.i18n import N_
 from report.result import Audit
@@ -211,15 +211,17 @@ def _pairs(a: Audit, b: Audit, names: tuple[str, ...]) -> pd.DataFrame:
         suffixes=("_baseline", "_candidate"))
     index = {name: i for i, name in enumerate(names)}
     rows = np.arange(len(merged))
+    # Added in one concat: one column at a time fragments a frame of many prob_ columns.
+    added = {}
     for role in ("baseline", "candidate"):
         predicted = merged[f"predicted_label_{role}"]
         classes = predicted.map(index).astype(int)
         probabilities = merged[[f"prob_{name}_{role}" for name in names]].to_numpy(float)
-        merged[f"{role}_class"] = classes
-        merged[f"{role}_correct"] = predicted == merged.true_label
-        merged[f"{role}_confidence"] = probabilities[rows, classes.to_numpy()]
-    merged["true_class"] = merged.true_label.map(index).astype(int)
-    return merged
+        added[f"{role}_class"] = classes
+        added[f"{role}_correct"] = predicted == merged.true_label
+        added[f"{role}_confidence"] = probabilities[rows, classes.to_numpy()]
+    added["true_class"] = merged.true_label.map(index).astype(int)
+    return pd.concat([merged, pd.DataFrame(added, index=merged.index)], axis=1)
 
 
 def _measure(sides: list[Side], names, pairs: pd.DataFrame) -> Comparison:
@@ -290,7 +292,8 @@ def _flips(sides: list[Side], pairs: pd.DataFrame, chosen) -> list[Flip]:
 
 
 def overlay_of(audit: Audit, true_label: str, image_id: str) -> bytes | None:
-    folder = audit.artifacts_dir / "overlays" / safe_id(true_label)
+    folder = audit.artifacts_dir / "overlays" / artifact_names(audit.context.class_names).get(
+        true_label, true_label)
     found = sorted(folder.glob(f"{image_id}.*"))
     return found[0].read_bytes() if found else None
 

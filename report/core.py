@@ -6,25 +6,27 @@ summaries, then measured once into an `Audit`. Nothing here calls MLflow or rend
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
 from report import findings, i18n, measures, options
-from report.artifacts import ArtifactWriter
+from report.artifacts import ArtifactWriter, metric_keys
 from report.cam.engine import make_engine
 from report.checks import QualityResults
 from report.data import load_label_map, open_source, take_inventory
 from report.errors import OptionError, UserError
 from report.i18n import N_, _, number
 from report.model import LoadedModel
-from report.render import ReportContext, Table
+from report.render import ReportContext, Table, other_classes_label
 from report.result import Audit
 from report.streaming import Explainer, explain_together
 
@@ -122,18 +124,27 @@ def open_data(data, class_names, values: Mapping):
     """The source for `data` (a spec, a folder or in-memory (images, labels)) and the label
     the run params give it."""
     label_map = load_label_map(values["label_map"]) if values["label_map"] else None
-    source = open_source(data, class_names, values["split"], label_map)
+    source = open_source(data, class_names, values["split"], label_map,
+                         follow_symlinks=values["follow_symlinks"])
     if isinstance(data, tuple):
         return source, f"in-memory arrays ({len(source.records) + len(source.skipped)} images)"
     return source, str(data)
 
 
 def writable_folder(folder: Path, option: str) -> Path:
-    """`folder`, created if need be; an OptionError naming `option` when it cannot be."""
+    """`folder`, created if need be and checked writable before the long work starts
+    (creating it is not enough: an existing folder may refuse new files); an OptionError
+    naming `option` when it cannot be written."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise OptionError(option, f"cannot create {folder}: {error.strerror}; pass a "
+                          "writable folder") from error
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise OptionError(option, f"cannot write in {folder}: {error.strerror}; pass a "
                           "writable folder") from error
     return folder
 
@@ -160,7 +171,8 @@ def measure(loaded, source, values, engine, streamed, skipped, data_label,
         faithful = pool.submit(streamed.timed, quality.check_faithfulness, engine, batch_size)
         sane = pool.submit(streamed.timed, quality.check_sanity, engine)
         roc, calibration = _roc_and_calibration(results)
-        classification_figures = findings.classification_figures(roc, calibration)
+        shown = findings.shown_classes(results)  # measures.MAX_CLASSES_SHOWN of them at most
+        classification_figures = findings.classification_figures(roc, calibration, shown)
         built = {name: findings.section(name, results, n_flagged)
                  for name in ("localisation", "shortcuts")}
         results.faithfulness = faithful.result()
@@ -182,7 +194,7 @@ def measure(loaded, source, values, engine, streamed, skipped, data_label,
     fingerprint = streamed.fingerprint  # hashed once: the lines are sorted on every call
     metrics = {
         **scores.metrics(),
-        **findings.classification_metrics(roc, calibration),
+        **findings.classification_metrics(roc, calibration, shown),
         **findings.explanation_metrics(results),
         "images_explained": len(y_pred),
         "images_skipped": len(skipped),
@@ -191,7 +203,8 @@ def measure(loaded, source, values, engine, streamed, skipped, data_label,
         "data.used": inventory.used,
         "data.skipped": inventory.skipped,
     }
-    metrics = {findings.metric_key(name): float(value) for name, value in metrics.items()}
+    keys = metric_keys(metrics)  # the Audit's names are the logged ones, whoever logs them
+    metrics = {keys[name]: float(value) for name, value in metrics.items()}
     summary = findings.summary(results, metrics, scores.accuracy, len(y_pred),
                                n_flagged)
     sections = findings.sections(results, n_flagged, built)
@@ -219,7 +232,7 @@ def measure(loaded, source, values, engine, streamed, skipped, data_label,
         extremes=collected.extremes(),
         flagged=flagged,
         figures=classification_figures,
-        data=_inventory_table(inventory),
+        data=_inventory_table(inventory, class_names, shown),
         language=values.get("language", "en"),
     )
     return Audit(
@@ -241,7 +254,10 @@ def _roc_and_calibration(results):
             measures.calibration(results.y_true, results.probabilities))
 
 
-def _inventory_table(inventory) -> Table:
+def _inventory_table(inventory, class_names, shown: measures.ShownClasses) -> Table:
+    """Files found, used and skipped per source and class. Past measures.MAX_CLASSES_SHOWN
+    classes, the rows of the classes not shown are pooled per source, so every file is still
+    counted (found = used + skipped) in a table of bounded length."""
     rows = [
         [row.source, row.class_name, number(row.found), number(row.used), number(row.skipped),
          "; ".join(
@@ -249,10 +265,33 @@ def _inventory_table(inventory) -> Table:
              # The reasons are report.data's wordings, translated when its catalog has them.
              _("%(reason)s (%(count)s)") % {"reason": _(reason), "count": number(n)}
              for reason, n in sorted(row.reasons.items())) or "—"]
-        for row in inventory.rows
+        for row in _pooled_inventory(inventory.rows, class_names, shown)
     ]
     return Table([_("Source"), _("Class"), _("Found"), _("Used"), _("Skipped"), _("Reasons")],
                  rows)
+
+
+def _pooled_inventory(rows: list, class_names, shown: measures.ShownClasses) -> list:
+    """`rows` with those of model classes not `shown` summed into one row per source."""
+    if not shown.left_out:
+        return rows
+    hidden = set(class_names) - {class_names[i] for i in shown.indices}
+    kept, pooled = [], {}
+    for row in rows:
+        if row.class_name not in hidden:
+            kept.append(row)
+            continue
+        total = pooled.setdefault(row.source, {"classes": 0, "found": 0, "used": 0,
+                                               "skipped": 0, "reasons": {}})
+        total["classes"] += 1
+        for key in ("found", "used", "skipped"):
+            total[key] += getattr(row, key)
+        for reason, n in row.reasons.items():
+            total["reasons"][reason] = total["reasons"].get(reason, 0) + n
+    return kept + [
+        SimpleNamespace(source=source, class_name=other_classes_label(total.pop("classes")),
+                        **total)
+        for source, total in pooled.items()]
 
 
 def _settings_table(values: Mapping, engine, source, backend: str | None) -> dict[str, str]:

@@ -18,38 +18,62 @@ from report.checks import (
     QualityResults,
 )
 from report.i18n import N_, _, decimal, ngettext, number, percent
-from report.render import Figure, Finding, Section, Table
+from report.measures import MAX_CLASSES_SHOWN, ShownClasses
+from report.render import Figure, Finding, Section, Table, other_classes_label
 
 ROBUST_SPEARMAN = 0.7  # a map this far from its original moved more than the film did
 
 # --- classification -------------------------------------------------------------------------
 
 
-def metric_key(name: str) -> str:
-    """MLflow keys allow letters, digits, _ - . / and space; anything else becomes _."""
-    return "".join(c if c.isalnum() or c in "_-. /" else "_" for c in name)
+def shown_classes(results: QualityResults) -> ShownClasses:
+    """The classes every per-class table, figure and metric shows one by one: all of them up
+    to MAX_CLASSES_SHOWN, else those with the most images (measures.shown_classes)."""
+    n_classes = len(results.class_names)
+    return measures.shown_classes(
+        np.bincount(np.asarray(results.y_true, dtype=int), minlength=n_classes),
+        np.bincount(np.asarray(results.y_pred, dtype=int), minlength=n_classes))
 
 
 def classification_metrics(roc_curves: list[measures.RocCurve],
-                           calibration: measures.Calibration | None) -> dict[str, float]:
-    metrics = {f"roc_auc.{curve.class_name}": curve.auc for curve in roc_curves
-               if curve.auc is not None}
-    if metrics:
-        metrics["roc_auc.macro"] = float(np.mean(list(metrics.values())))
+                           calibration: measures.Calibration | None,
+                           shown: ShownClasses | None = None) -> dict[str, float]:
+    """roc_auc.<class> for the `shown` classes (default: all), roc_auc.macro over every
+    class with an AUC, and the ECE."""
+    aucs = [curve.auc for curve in roc_curves if curve.auc is not None]
+    metrics = {f"roc_auc.{roc_curves[i].class_name}": roc_curves[i].auc
+               for i in _indices(shown, len(roc_curves)) if roc_curves[i].auc is not None}
+    if aucs:
+        metrics["roc_auc.macro"] = float(np.mean(aucs))
     if calibration is not None:
         metrics["ece"] = calibration.ece
     return metrics
 
 
+def _indices(shown: ShownClasses | None, n_curves: int) -> list[int]:
+    """The shown classes' positions among `n_curves` curves (none without images)."""
+    if shown is None:
+        return list(range(n_curves))
+    return [i for i in shown.indices if i < n_curves]
+
+
 def classification_figures(roc_curves: list[measures.RocCurve],
-                           calibration: measures.Calibration | None) -> list[Figure]:
+                           calibration: measures.Calibration | None,
+                           shown: ShownClasses | None = None) -> list[Figure]:
+    """The ROC curves of the `shown` classes (default: all) and the reliability diagram."""
     if calibration is None:
         return []
+    caption = _("Area under each curve in the legend; the dashed diagonal is chance.")
+    if shown is not None and shown.left_out:
+        caption += " " + ngettext(
+            "The curve of %(count)s other class is not drawn.",
+            "The curves of %(count)s other classes are not drawn.", shown.left_out,
+        ) % {"count": number(shown.left_out)}
+    drawn = [roc_curves[i] for i in _indices(shown, len(roc_curves))]
     # Figure titles stay in English: they name the figures' MLflow artifact files (N_ only
     # puts them in the catalog, for a translated display title).
     return [
-        Figure(N_("ROC curves (one class vs the rest)"), figures.roc_svg(roc_curves),
-               _("Area under each curve in the legend; the dashed diagonal is chance.")),
+        Figure(N_("ROC curves (one class vs the rest)"), figures.roc_svg(drawn), caption),
         Figure(N_("Reliability diagram"), figures.reliability_svg(calibration),
                _("Expected calibration error %(ece)s: how far the stated confidence is from "
                  "the observed accuracy, averaged over images.")
@@ -75,8 +99,10 @@ def explanation_metrics(results: QualityResults) -> dict[str, float]:
         if len(short.array(key)):
             metrics[f"shortcut.{name}"] = float(np.nanmean(short.array(key)))
             metrics[f"shortcut.{name}_random"] = float(np.nanmean(short.array("random " + key)))
+            shown = shown_classes(results)
             for index, class_mean in _per_class(short, key).items():
-                metrics[f"shortcut.{name}.{results.class_names[index]}"] = class_mean
+                if index in shown:
+                    metrics[f"shortcut.{name}.{results.class_names[index]}"] = class_mean
     if len(short.array("border")):
         metrics["shortcut.flagged_classes"] = float(len(flagged_classes(results)))
     faith = results.faithfulness
@@ -233,7 +259,11 @@ def _shortcut_line(results: QualityResults, n_flagged: int) -> Finding:
         _("%(class_name)s: %(border)s of its salient map in the border, %(outside)s outside the "
           "lungs") % {"class_name": name, "border": percent(border, 0),
                       "outside": percent(outside, 0)}
-        for name, border, outside in classes)
+        for name, border, outside in classes[:MAX_CLASSES_SHOWN])
+    if len(classes) > MAX_CLASSES_SHOWN:
+        more = len(classes) - MAX_CLASSES_SHOWN
+        named += "; " + ngettext("and %(count)s more class", "and %(count)s more classes",
+                                 more) % {"count": number(more)}
     return Finding("warn", ngettext(
         "Possible shortcut — %(classes)s. The model may read markers, text or edges instead of "
         "the lungs (%(count)s image flagged; see the list).",
@@ -287,8 +317,11 @@ def _localisation_section(results: QualityResults) -> Section | None:
               "measured."))
     rows = [_localisation_row(_("All"), loc, slice(None))]
     labels = np.asarray(loc.labels)
-    for c in np.unique(labels):
+    shown, others, n_others = _split_by_class(labels, shown_classes(results))
+    for c in shown:
         rows.append(_localisation_row(results.class_names[c], loc, labels == c))
+    if n_others:
+        rows.append(_localisation_row(other_classes_label(n_others), loc, others))
     return Section(
         "localisation", title,
         _("Pointing game: share of images whose heatmap maximum lies inside the lesion. "
@@ -310,13 +343,13 @@ def _chexlocalize(results: QualityResults) -> dict[str, dict[str, tuple[float, f
     2022)."""
     loc = results.localisation
     labels = np.asarray(loc.labels)
-    return {
-        results.class_names[c]: {
-            "miou": measures.mean_interval(loc.array("otsu_iou")[labels == c]),
-            "hit_rate": measures.mean_interval(loc.array("pointing")[labels == c]),
-        }
-        for c in np.unique(labels)
-    }
+    shown, _others, _n_others = _split_by_class(labels, shown_classes(results))
+    return {results.class_names[c]: _chexlocalize_scores(loc, labels == c) for c in shown}
+
+
+def _chexlocalize_scores(loc, chosen) -> dict[str, tuple[float, float, float]]:
+    return {"miou": measures.mean_interval(loc.array("otsu_iou")[chosen]),
+            "hit_rate": measures.mean_interval(loc.array("pointing")[chosen])}
 
 
 def _chexlocalize_metrics(results: QualityResults) -> dict[str, float]:
@@ -338,12 +371,18 @@ def _chexlocalize_table(results: QualityResults) -> Table:
 
     loc = results.localisation
     labels = np.asarray(loc.labels)
+    classes, others, n_others = _split_by_class(labels, shown_classes(results))
+    groups = [(results.class_names[c], labels == c, None) for c in classes]
+    scores = _chexlocalize(results)
+    if n_others:  # the classes left out: one bootstrap over their images together
+        groups.append((other_classes_label(n_others), others,
+                       _chexlocalize_scores(loc, others)))
     rows = []
-    for name, scores in _chexlocalize(results).items():
-        chosen = labels == results.class_names.index(name)
-        rows.append([name, number(int(chosen.sum())), shown(scores["miou"]),
+    for name, chosen, pooled in groups:
+        row_scores = pooled or scores[name]
+        rows.append([name, number(int(chosen.sum())), shown(row_scores["miou"]),
                      decimal(np.nanmean(loc.array("random otsu_iou")[chosen]), 2),
-                     shown(scores["hit_rate"]),
+                     shown(row_scores["hit_rate"]),
                      decimal(np.nanmean(loc.array("random pointing")[chosen]), 2)])
     return Table([_("Class"), _("Images"), _("mIoU, Otsu (95% CI)"), _("(random)"),
                   _("Hit rate (95% CI)"), _("(random)")], rows)
@@ -364,8 +403,11 @@ def _faithfulness_section(results: QualityResults) -> Section | None:
     if faith is None:
         return None
     rows = [_faithfulness_row(_("All"), faith, slice(None))]
-    for c in np.unique(faith.labels[faith.labels >= 0]):
+    shown, others, n_others = _split_by_class(faith.labels, shown_classes(results))
+    for c in shown:
         rows.append(_faithfulness_row(results.class_names[c], faith, faith.labels == c))
+    if n_others:
+        rows.append(_faithfulness_row(other_classes_label(n_others), faith, others))
     mean = {name: curve.mean(axis=0) for name, curve in faith.curves.items()}
     n = len(faith.labels)
     reading = " ".join([
@@ -451,15 +493,28 @@ def _shortcut_section(results: QualityResults, n_flagged: int) -> Section | None
     if not len(short.array("border")):
         return None
     border, outside = _per_class(short, "border"), _per_class(short, "outside_lungs")
+    selection = shown_classes(results)
+    left_out = [c for c in sorted(border) if c not in selection]
     rows = [[results.class_names[c], decimal(border[c], 2),
              decimal(outside.get(c, float("nan")), 2),
              _("yes") if border[c] > BORDER_FLAG or outside.get(c, 0) > OUTSIDE_LUNGS_FLAG
              else _("no")]
-            for c in sorted(border)]
+            for c in (selection.indices if selection.left_out else sorted(border))
+            if c in border]
+    if left_out:
+        flagged = sum(border[c] > BORDER_FLAG or outside.get(c, 0) > OUTSIDE_LUNGS_FLAG
+                      for c in left_out)
+        # TRANSLATORS: the Flagged cell of the pooled row: how many of its classes are.
+        rows.append([other_classes_label(len(left_out)),
+                     decimal(np.nanmean([border[c] for c in left_out]), 2),
+                     decimal(np.nanmean([outside.get(c, np.nan) for c in left_out]), 2),
+                     ngettext("%(count)s flagged", "%(count)s flagged", flagged)
+                     % {"count": number(flagged)}])
     random_border = np.nanmean(short.array("random border"))
     rows.append([_("random maps"), decimal(random_border, 2),
                  decimal(np.nanmean(short.array("random outside_lungs")), 2), ""])
-    mean_maps = results.mean_maps
+    mean_maps = {kind: _shown_maps(maps, results.class_names, selection)
+                 for kind, maps in results.mean_maps.items()}
     drawn_titles = {"true": _("Mean heatmap by true class"),
                     "predicted": _("Mean heatmap by predicted class")}
     # Figure titles stay in English (they name the artifact files; N_ only marks them).
@@ -634,3 +689,27 @@ def _two(value: float) -> str:
 
 def _capitalised(text: str) -> str:
     return text[:1].upper() + text[1:]
+
+
+def _split_by_class(labels, shown: ShownClasses) -> tuple[list[int], np.ndarray, int]:
+    """The shown classes that have images among `labels` (in the order shown), the mask of
+    the images of every other class, and how many other classes those are. Unlabelled
+    images (negative labels) belong to neither."""
+    labels = np.asarray(labels, dtype=int)
+    present = {int(c) for c in np.unique(labels) if c >= 0}
+    if not shown.left_out:
+        return sorted(present), np.zeros(len(labels), dtype=bool), 0
+    classes = [c for c in shown.indices if c in present]
+    others = (labels >= 0) & ~np.isin(labels, classes)
+    return classes, others, len(present) - len(classes)
+
+
+def _shown_maps(maps: dict[str, np.ndarray], class_names, shown: ShownClasses
+                ) -> dict[str, np.ndarray]:
+    """At most MAX_CLASSES_SHOWN mean-map panels: the shown classes first, then the others
+    (a class predicted but never true has a panel by predicted class)."""
+    if len(maps) <= MAX_CLASSES_SHOWN:
+        return maps
+    first = [class_names[c] for c in shown.indices if class_names[c] in maps]
+    rest = [name for name in maps if name not in set(first)]
+    return {name: maps[name] for name in (first + rest)[:MAX_CLASSES_SHOWN]}

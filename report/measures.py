@@ -21,6 +21,40 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+# Above this many classes, every per-class table, figure and metric shows only this many
+# classes (`shown_classes`) and sums up the rest: a 1,000-class model would otherwise draw a
+# million-cell confusion matrix and log thousands of metrics.
+MAX_CLASSES_SHOWN = 20
+
+
+@dataclass(frozen=True)
+class ShownClasses:
+    """The classes a per-class table or figure shows, and what the rest add up to."""
+
+    indices: list[int]  # class indices, in the order shown
+    left_out: int  # how many classes are not shown
+    left_out_support: int  # how many images those classes have
+
+    def __contains__(self, index) -> bool:
+        return int(index) in self.indices  # at most MAX_CLASSES_SHOWN of them
+
+
+def shown_classes(support, predicted=None, limit: int = MAX_CLASSES_SHOWN) -> ShownClasses:
+    """Every class in model order when there are at most `limit`; else the `limit` classes
+    with the most images (`support`, per class), ties broken by how often the class was
+    predicted (`predicted`, per class: a class nobody has but the model predicts is a
+    mistake worth seeing), then by index. O(classes log classes)."""
+    support = np.asarray(support, dtype=np.int64)
+    if len(support) <= limit:
+        return ShownClasses(list(range(len(support))), 0, 0)
+    predicted = (np.zeros_like(support) if predicted is None
+                 else np.asarray(predicted, dtype=np.int64))
+    # lexsort's last key sorts first; negated counts: most first; the index breaks ties.
+    order = np.lexsort((np.arange(len(support)), -predicted, -support))[:limit]
+    indices = [int(i) for i in order]
+    return ShownClasses(indices, len(support) - limit,
+                        int(support.sum() - support[order].sum()))
+
 
 @dataclass(frozen=True)
 class ClassificationQuality:
@@ -28,13 +62,25 @@ class ClassificationQuality:
     per_class: list[dict]  # {"class", "precision", "recall", "f1", "support"}
     confusion: np.ndarray  # (C, C), rows true, columns predicted
 
+    @property
+    def shown(self) -> ShownClasses:
+        """The classes the report shows one by one (`shown_classes`)."""
+        return shown_classes([row["support"] for row in self.per_class],
+                             self.confusion.sum(axis=0))
+
     def metrics(self) -> dict[str, float]:
-        """Flat, stable MLflow metric names: accuracy, precision.<class>, recall.<class>..."""
+        """Flat, stable MLflow metric names: accuracy, precision.<class>, recall.<class>...
+        Per-class metrics for the shown classes only (`shown_classes`); `classes.left_out`
+        counts the others when there are any. macro_f1 averages over every class."""
         flat = {"accuracy": self.accuracy}
-        for row in self.per_class:
+        shown = self.shown
+        for index in shown.indices:
+            row = self.per_class[index]
             for key in ("precision", "recall", "f1"):
                 flat[f"{key}.{row['class']}"] = row[key]
         flat["macro_f1"] = float(np.mean([row["f1"] for row in self.per_class]))
+        if shown.left_out:
+            flat["classes.left_out"] = float(shown.left_out)
         return flat
 
 

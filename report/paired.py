@@ -89,7 +89,11 @@ class MacroF1:
 
     def resampled(self, y_true: np.ndarray, y_pred: np.ndarray, indices: np.ndarray):
         """(R,) macro-F1 of every resample; ``indices`` is (R, N), one resample a row."""
-        return _scores(_confusions(y_true, y_pred, indices, self.n_classes))["f1"].mean(axis=1)
+        classes = _present_classes(self.n_classes, y_true, y_pred)
+        # The classes with no image anywhere score 0 in every resample: only the sum over
+        # the others needs resampling, divided by every class.
+        f1 = _scores(_counts(y_true, y_pred, indices, classes))["f1"]
+        return f1.sum(axis=1) / self.n_classes
 
 
 def macro_f1(n_classes: int) -> MacroF1:
@@ -97,31 +101,42 @@ def macro_f1(n_classes: int) -> MacroF1:
     return MacroF1(n_classes)
 
 
-def _confusions(y_true, y_pred, indices: np.ndarray, n_classes: int) -> np.ndarray:
-    """(R, C, C) confusion counts (rows true, columns predicted) of every resample.
+def _present_classes(n_classes: int, *labels) -> np.ndarray:
+    """The sorted classes that occur in any of `labels`, each checked to lie in 0..C-1.
+    At most the number of labels, however many classes the model has."""
+    return np.unique(np.concatenate([_class_indices(x, n_classes) for x in labels]))
 
-    One np.bincount over the codes (row * C*C + true * C + predicted) of the whole index
-    matrix, instead of one confusion_matrix call per resample.
+
+def _counts(y_true, y_pred, indices: np.ndarray, classes: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(R, P) true positives, true counts and predicted counts of every resample, for the
+    P `classes` (every class in y_true and y_pred; `_present_classes`).
+
+    One np.bincount per count over codes (row * P + class) of the whole index matrix: memory
+    and time in R x (N + P), never in classes x classes, so a 1,000-class model costs what a
+    few-class one does.
     """
-    y_true = _class_indices(y_true, n_classes)
-    y_pred = _class_indices(y_pred, n_classes)
-    rows = len(indices)
-    codes = y_true * n_classes + y_pred
-    cells = n_classes * n_classes
-    offsets = np.arange(rows, dtype=np.int64)[:, None] * cells
-    counts = np.bincount((codes[indices] + offsets).ravel(), minlength=rows * cells)
-    return counts.reshape(rows, n_classes, n_classes)
+    rows, width = len(indices), len(classes)
+    true = np.searchsorted(classes, np.asarray(y_true, dtype=np.int64))[indices]
+    pred = np.searchsorted(classes, np.asarray(y_pred, dtype=np.int64))[indices]
+    offsets = np.arange(rows, dtype=np.int64)[:, None] * width
+
+    def per_row(codes: np.ndarray) -> np.ndarray:
+        return np.bincount(codes, minlength=rows * width).reshape(rows, width)
+
+    hits = true == pred
+    return (per_row((true + offsets)[hits]), per_row((true + offsets).ravel()),
+            per_row((pred + offsets).ravel()))
 
 
-def _scores(confusions: np.ndarray) -> dict[str, np.ndarray]:
-    """(R, C) precision, recall and F1 per class from (R, C, C) confusion counts.
+def _scores(counts: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:
+    """(R, P) precision, recall and F1 per class from (R, P) counts (`_counts`).
 
     The formulas of precision_recall_fscore_support with zero_division=0: precision tp/pred,
     recall tp/true, F1 2tp/(true + pred), each 0 where its denominator is 0.
     """
-    tp = np.diagonal(confusions, axis1=1, axis2=2).astype(np.float64)
-    true = confusions.sum(axis=2)
-    pred = confusions.sum(axis=1)
+    tp, true, pred = counts
+    tp = tp.astype(np.float64)
     return {
         "precision": _divide(tp, pred),
         "recall": _divide(tp, true),
@@ -219,24 +234,28 @@ def per_class_bootstrap(
     """
     y_true, pred_a, pred_b = _paired(y_true, pred_a, pred_b)
     _check_level(level)
-    labels = list(range(n_classes))
+    # Only the classes with an image or a prediction are resampled: every other class
+    # scores 0 for both models in every resample, so its difference is exactly 0.
+    classes = _present_classes(n_classes, y_true, pred_a, pred_b)
+    labels = classes.tolist()
     full_a = precision_recall_fscore_support(y_true, pred_a, labels=labels, zero_division=0)
     full_b = precision_recall_fscore_support(y_true, pred_b, labels=labels, zero_division=0)
     keys = ("precision", "recall", "f1")
     chunks: dict[str, list[np.ndarray]] = {key: [] for key in keys}
     for indices in resample_chunks(len(y_true), resamples, seed):
-        scores_a = _scores(_confusions(y_true, pred_a, indices, n_classes))
-        scores_b = _scores(_confusions(y_true, pred_b, indices, n_classes))
+        scores_a = _scores(_counts(y_true, pred_a, indices, classes))
+        scores_b = _scores(_counts(y_true, pred_b, indices, classes))
         for key in keys:
             chunks[key].append(scores_b[key] - scores_a[key])
+    none = Interval(0.0, 0.0, 0.0)
     result: dict[str, list[Interval]] = {}
     for position, key in enumerate(keys):
-        differences = np.concatenate(chunks[key])  # (R, C)
-        result[key] = [
-            Interval(float(full_b[position][c] - full_a[position][c]),
-                     *_percentiles(differences[:, c], level))
-            for c in labels
-        ]
+        differences = np.concatenate(chunks[key])  # (R, P)
+        intervals = [none] * n_classes
+        for column, c in enumerate(labels):
+            intervals[c] = Interval(float(full_b[position][column] - full_a[position][column]),
+                                    *_percentiles(differences[:, column], level))
+        result[key] = intervals
     return result
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from report import i18n
 from report.figures import confusion_matrix_svg
+from report.measures import ShownClasses, shown_classes
 
 # Installed (pip install of a clone or a wheel), the templates ship inside the package as
 # report/templates; in a checkout (PYTHONPATH or an editable install) they are the top-level
@@ -145,17 +146,72 @@ def render_html(context: ReportContext) -> str:
     set here); titles, readings and findings arrive already translated."""
     template = _environment().get_template(TEMPLATE_NAME)
     with i18n.use(context.language):
+        shown = shown_of(context)
+        names, confusion = shown_confusion(context)
+        grids = _shown_grids(context, shown)
         return template.render(
             report=context,
             disclaimer=DISCLAIMER,
             disclaimer_pt=DISCLAIMER_PT,
             finding_markers=FINDING_MARKERS,
             fingerprint_short=context.data_fingerprint[:FINGERPRINT_SHOWN_CHARS],
+            per_class=[context.per_class[i] for i in shown.indices],
+            left_out=shown,
+            n_classes=len(context.class_names),
+            grids=grids,
+            grids_left_out=len(context.class_names) - len(grids),
+            grid_images_left_out=sum(row["support"] for row in context.per_class)
+            - sum(grid.total for grid in grids),
             confusion_svg_uri=_data_uri(
-                "image/svg+xml",
-                confusion_matrix_svg(context.confusion, context.class_names).encode(),
-            ),
+                "image/svg+xml", confusion_matrix_svg(confusion, names).encode()),
         )
+
+
+def shown_of(context: ReportContext) -> ShownClasses:
+    """The classes the report shows one by one: all of them up to measures.MAX_CLASSES_SHOWN,
+    else those with the most images (measures.shown_classes)."""
+    return shown_classes([row["support"] for row in context.per_class],
+                         np.asarray(context.confusion).sum(axis=0))
+
+
+def other_classes_label(count: int) -> str:
+    """The name of the pooled row (and confusion-matrix column) of the classes left out."""
+    # TRANSLATORS: a table row or matrix label pooling the classes not shown one by one.
+    return i18n.ngettext("%(count)s other class", "%(count)s other classes", count) % {
+        "count": i18n.number(count)}
+
+
+def shown_confusion(context: ReportContext) -> tuple[list[str], np.ndarray]:
+    """The confusion matrix over the shown classes, the classes left out pooled into one
+    last row and column: at most MAX_CLASSES_SHOWN + 1 labels, whatever the class count."""
+    confusion = np.asarray(context.confusion)
+    shown = shown_of(context)
+    if not shown.left_out:
+        return list(context.class_names), confusion
+    return ([context.class_names[i] for i in shown.indices]
+            + [other_classes_label(shown.left_out)], pooled_confusion(confusion, shown))
+
+
+def pooled_confusion(confusion: np.ndarray, shown: ShownClasses) -> np.ndarray:
+    """(K + 1, K + 1) counts: the K shown classes, then every other class as one."""
+    kept = np.asarray(shown.indices)
+    rest = np.setdiff1d(np.arange(len(confusion)), kept)
+    pooled = np.zeros((len(kept) + 1, len(kept) + 1), dtype=confusion.dtype)
+    pooled[:-1, :-1] = confusion[np.ix_(kept, kept)]
+    pooled[:-1, -1] = confusion[np.ix_(kept, rest)].sum(axis=1)
+    pooled[-1, :-1] = confusion[np.ix_(rest, kept)].sum(axis=0)
+    pooled[-1, -1] = confusion[np.ix_(rest, rest)].sum()
+    return pooled
+
+
+def _shown_grids(context: ReportContext, shown: ShownClasses) -> list[ClassGrid]:
+    """The heatmap grids of the shown classes, in the order they are shown; past
+    MAX_CLASSES_SHOWN classes, only those with images (an empty grid says nothing)."""
+    if not shown.left_out:
+        return list(context.grids)
+    by_name = {grid.class_name: grid for grid in context.grids}
+    names = (context.class_names[i] for i in shown.indices)
+    return [by_name[name] for name in names if name in by_name and by_name[name].total]
 
 
 def write_pdf(html: str, path: Path) -> Path:
