@@ -1,13 +1,16 @@
 """`python -m report <train|explain|bench|compare|methods>`: parse the flags (declared in
-options.py), call the library, print the result. Nothing else happens here."""
+options.py), call the library, print the result, and turn what the user can fix into one line
+on stderr with a non-zero exit: 2 for a mistake, 128 + the signal's number (143, 130) when
+SIGTERM or Ctrl-C stopped the command. Nothing else happens here."""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 
-from report import options
+from report import lifecycle, options
 from report.errors import UserError
 
 DESCRIPTIONS = {
@@ -56,10 +59,23 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
     given = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
     try:
-        values = options.resolve(args.command, given, style="cli")
-        return COMMANDS[args.command](values)
+        # The signal handlers outside the temporary folder: a signal still removes it.
+        with lifecycle.signals_raise(), lifecycle.private_tempdir():
+            values = options.resolve(args.command, given, style="cli")
+            return COMMANDS[args.command](values)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as interrupt:  # lifecycle.Terminated (SIGTERM) too
+        print(f"error: stopped by {lifecycle.signal_name(interrupt)}; a started MLflow run "
+              "is marked FAILED and keeps what it had logged", file=sys.stderr)
+        return lifecycle.exit_status(interrupt)
+    except OSError as error:
+        # A folder the user named that cannot be written (full, read-only, a file in the
+        # way, a name too long): one line. Any other OSError is a bug and keeps its traceback.
+        if error.errno not in PATH_PROBLEMS:
+            raise
+        print(f"error: {describe_path_error(error)}", file=sys.stderr)
         return 2
     except Exception as error:
         # MLflow's errors are about the store or server (credentials, permissions, a refused
@@ -72,6 +88,31 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"error: {explain_mlflow_error(error)}", file=sys.stderr)
         return 2
+
+
+# The OSErrors a user's path causes, and what to do about each.
+PATH_PROBLEMS = {
+    errno.ENOSPC: "free some space or choose a folder on another disk",
+    errno.EDQUOT: "free some space or choose a folder on another disk",
+    errno.EFBIG: "choose a folder on another disk",
+    errno.EACCES: "choose a folder you may write to, or change its permissions",
+    errno.EPERM: "choose a folder you may write to, or change its permissions",
+    errno.EROFS: "choose a folder on a writable disk",
+    errno.ENAMETOOLONG: "choose a shorter path",
+    errno.ENOTDIR: "a file stands where a folder should be; move it or choose another path",
+    errno.EISDIR: "a folder stands where a file should be; move it or choose another path",
+    errno.EEXIST: "a file stands where a folder should be; move it or choose another path",
+}
+
+
+def describe_path_error(error: OSError) -> str:
+    """`PATH: No space left on device; free some space ...` on one line."""
+    where = "a file" if error.filename is None else os.fsdecode(error.filename)
+    # A newline or an undecodable byte in the name shows escaped, on the one line.
+    where = "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace")
+                    .decode("ascii") for c in where)
+    reason = error.strerror or os.strerror(error.errno)
+    return f"{where}: {reason}; {PATH_PROBLEMS[error.errno]}"
 
 
 def _train(values: dict) -> int:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -12,15 +14,55 @@ from types import SimpleNamespace
 import numpy as np
 from tqdm import tqdm
 
-from report import core, i18n, options, sinks, tracking
+from report import core, i18n, lifecycle, options, sinks, tracking
 from report.cam.engine import share_cores_with_workers
 from report.data import SYNTHETIC_NAMES, detect_layouts, open_source
 from report.data.batches import iter_batches
 from report.data.records import Skipped
 from report.data.synthetic import CLASS_NAMES
 from report.errors import OptionError, UserError
-from report.model import ModelMetadata, build_classifier, compile_classifier
+from report.model import (
+    ModelMetadata,
+    build_classifier,
+    check_class_names,
+    compile_classifier,
+)
 from report.streaming import preprocess
+
+# --- the life of a run: signals, folders, the local copy --------------------------------------
+
+
+def ends_on_signals(command):
+    """SIGTERM and SIGINT end `command` as an exception (lifecycle.Terminated), so its run
+    is marked FAILED with an `error` tag and its partial artifacts, and its temporary folders
+    are removed, as after any error."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        with lifecycle.signals_raise():
+            return command(*args, **kwargs)
+
+    return run
+
+
+def publish(files: tuple[Path, ...], destination: Path) -> tuple[Path, ...]:
+    """The rendered report, copied from the staging area to `destination` once the run has
+    succeeded. A failed copy leaves nothing there: the files land in a hidden sibling folder
+    first, which is renamed into place."""
+    partial = destination.parent / f".{destination.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        partial.mkdir(parents=True)
+        for file in files:
+            shutil.copyfile(file, partial / file.name)
+        if destination.exists():  # this run's own earlier copy (`mlflow run` reuses a run)
+            shutil.rmtree(destination)
+        partial.rename(destination)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return tuple(destination / file.name for file in files)
+
 
 # --- train ----------------------------------------------------------------------------------
 
@@ -34,6 +76,7 @@ class TrainResult:
     test_accuracy: float
 
 
+@ends_on_signals
 def train(values: dict) -> TrainResult:
     """The `train` command: train a demo classifier, log it per the registry contract,
     register it and point the alias at the new version."""
@@ -53,19 +96,26 @@ def train(values: dict) -> TrainResult:
     )
     compile_classifier(model, settings.learning_rate)
     with tracking.start_run(run_name=f"train-{settings.backbone}") as run:
-        tracking.log_new_params(_train_params(settings, metadata, len(y_train)))
-        model.fit(
-            preprocess(x_train, metadata),
-            y_train,
-            epochs=settings.epochs,
-            batch_size=settings.batch_size,
-            callbacks=[tracking.training_callback()],
-            # A progress bar redrawn in a log file is noise: one line per epoch there.
-            verbose="auto" if sys.stdout.isatty() else 2,
-        )
-        _, test_accuracy = model.evaluate(preprocess(x_test, metadata), y_test, verbose=0)
-        tracking.log_metrics({"test_accuracy": test_accuracy, "test_images": len(y_test)})
-        version = tracking.log_and_register(model, metadata, settings.model_name, settings.alias)
+        try:
+            tracking.require_writable_artifact_store()  # before the training, not after it
+            tracking.log_new_params(_train_params(settings, metadata, len(y_train)))
+            model.fit(
+                preprocess(x_train, metadata),
+                y_train,
+                epochs=settings.epochs,
+                batch_size=settings.batch_size,
+                callbacks=[tracking.training_callback()],
+                # A progress bar redrawn in a log file is noise: one line per epoch there.
+                verbose="auto" if sys.stdout.isatty() else 2,
+            )
+            _, test_accuracy = model.evaluate(preprocess(x_test, metadata), y_test, verbose=0)
+            tracking.log_metrics({"test_accuracy": test_accuracy, "test_images": len(y_test)})
+            version = tracking.log_and_register(model, metadata, settings.model_name,
+                                                settings.alias)
+        except BaseException as error:  # a signal too: the run says why it failed
+            with contextlib.suppress(Exception):
+                tracking.record_failure(error)
+            raise
     return TrainResult(
         run.info.run_id, settings.model_name, version, settings.alias, float(test_accuracy)
     )
@@ -84,7 +134,7 @@ def _training_classes(data: str) -> tuple[str, ...]:
     names = tuple(sorted(p.name for p in base.iterdir() if p.is_dir() and p.name != "test"))
     if len(names) < 2:
         raise UserError(f"data folder '{base}' needs one subfolder per class (at least two)")
-    return names
+    return check_class_names(list(names), f"class folders in '{base}'", "rename the folder")
 
 
 def _load_split(data: str, metadata: ModelMetadata, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -125,18 +175,20 @@ class ReportRun:
     pdf: Path
 
 
+@ends_on_signals
 def explain(values: dict) -> ReportRun:
     """The `explain` command: audit into an MLflow run (the one `mlflow run` created, or a new
-    one), then write the local copy of the report under `output_dir/<run id>/`.
+    one), then put the local copy of the report under `output_dir/<run id>/`.
 
-    The run exists before the work starts, so a failure marks it FAILED with an `error` tag
-    and keeps the artifacts made so far."""
+    The run exists before the work starts, so a failure (SIGTERM and Ctrl-C too) marks it
+    FAILED with an `error` tag and keeps the artifacts made so far; the report is rendered
+    in the staging area and copied to `output_dir` only when everything else succeeded."""
     values = options.resolve("explain", values)
     tracking.configure_store()  # an unreachable server fails here, before anything is written
     if values["output_dir"] is None:
         raise OptionError("--output-dir", "needs a folder for the report's local copy")
     # Before any work, not after it.
-    report_root = core.writable_folder(Path(values["output_dir"]), "--output-dir")
+    reports = core.writable_folder(Path(values["output_dir"]), "--output-dir")
     share_cores_with_workers()  # before the model load starts TensorFlow's runtime
     loaded = tracking.load_model(values["model_uri"], values["unsafe_deserialization"],
                                  values["class_names"])
@@ -146,18 +198,22 @@ def explain(values: dict) -> ReportRun:
         tracking.start_run(run_name=run_name) as run,
         tempfile.TemporaryDirectory(prefix="cxr-report-") as staging,
     ):
+        artifacts = Path(staging) / "artifacts"
+        artifacts.mkdir()
         try:
             run_id = run.info.run_id
+            tracking.require_writable_artifact_store()
             with i18n.use(values["language"]):  # the findings are worded while measured
-                audit = core.run_audit(loaded, source, values, Path(staging),
+                audit = core.run_audit(loaded, source, values, artifacts,
                                        values["data"], run_id)
-            files = sinks.write_report(audit, report_root / run_id, run_id)
+            files = sinks.write_report(audit, Path(staging) / "report", run_id)
             sinks.log_audit(audit, run_id, files)
-        except BaseException as error:  # Ctrl-C too: the run says why and keeps what exists
+            files = publish(files, reports / run_id)
+        except BaseException as error:  # signals too: the run says why and keeps what exists
             # Best effort: a store that is itself the problem must not hide the first error.
             with contextlib.suppress(Exception):
                 tracking.record_failure(error)
-                tracking.log_artifacts(Path(staging))
+                tracking.log_artifacts(artifacts)
             raise
     context = audit.context
     return ReportRun(
@@ -185,6 +241,7 @@ class CompareRun:
     pdf: Path
 
 
+@ends_on_signals
 def compare(values: dict) -> CompareRun:
     """The `compare` command: both models on the same data, the comparison report into a
     run of its own, and the verdict as tags on the candidate's registered version."""
@@ -193,7 +250,7 @@ def compare(values: dict) -> CompareRun:
 
     values = options.resolve("compare", values)
     tracking.configure_store()
-    report_root = core.writable_folder(Path(values["output_dir"] or "reports"), "--output-dir")
+    reports = core.writable_folder(Path(values["output_dir"] or "reports"), "--output-dir")
     share_cores_with_workers()
     baseline, candidate = (tracking.load_model(values[role], values["unsafe_deserialization"],
                                                values["class_names"])
@@ -205,9 +262,10 @@ def compare(values: dict) -> CompareRun:
     ):
         try:
             run_id = run.info.run_id
+            tracking.require_writable_artifact_store()
             comparison = comparing.compare(baseline, candidate, values["data"], values,
                                            Path(staging))
-            files = compare_report.write(comparison, report_root / run_id, run_id,
+            files = compare_report.write(comparison, Path(staging) / "report", run_id,
                                          language=values["language"])
             tracking.log_new_params(_compare_params(values, baseline, candidate))
             tracking.log_metrics(comparison.metrics)
@@ -220,9 +278,11 @@ def compare(values: dict) -> CompareRun:
             tracking.set_note(compare_report.run_note(comparison, language=values["language"]))
             tracking.tag_model_version(candidate, {"audit.compare_run_id": run_id,
                                                    "audit.verdict": comparison.verdict})
-        except BaseException as error:
+            files = publish(files, reports / run_id)
+        except BaseException as error:  # signals too: the run says why and keeps what exists
             with contextlib.suppress(Exception):
                 tracking.record_failure(error)
+                tracking.log_artifacts(Path(staging))  # both audits' files, as far as they got
             raise
     return CompareRun(run_id, comparison.verdict, comparison.newly_flagged,
                       comparison.gate(values["fail_on"]), files[0].resolve(),
@@ -255,6 +315,7 @@ class MethodsRun:
     pdf: Path
 
 
+@ends_on_signals
 def rank_methods(values: dict) -> MethodsRun:
     """The `methods` command: every method and baseline on one sample, ranked, into a run of
     its own; the recommendation also tags the model's registered version."""
@@ -262,15 +323,19 @@ def rank_methods(values: dict) -> MethodsRun:
 
     values = options.resolve("methods", values)
     tracking.configure_store()
-    report_root = core.writable_folder(Path(values["output_dir"] or "reports"), "--output-dir")
+    reports = core.writable_folder(Path(values["output_dir"] or "reports"), "--output-dir")
     loaded = tracking.load_model(values["model_uri"], values["unsafe_deserialization"],
                                  values["class_names"])
     source, data_label = core.open_data(values["data"], loaded.metadata.class_names, values)
-    with tracking.start_run(run_name=f"methods-{_version_name(loaded)}") as run:
+    with (
+        tracking.start_run(run_name=f"methods-{_version_name(loaded)}") as run,
+        tempfile.TemporaryDirectory(prefix="cxr-methods-") as staging,
+    ):
         try:
             run_id = run.info.run_id
+            tracking.require_writable_artifact_store()
             ranking = methods.rank_methods(loaded, source, values, data_label)
-            files = methods_report.write(ranking, report_root / run_id, run_id,
+            files = methods_report.write(ranking, Path(staging) / "report", run_id,
                                          language=values["language"])
             tracking.log_new_params(_methods_params(values, loaded, data_label))
             tracking.log_metrics(ranking.metrics())
@@ -280,6 +345,7 @@ def rank_methods(values: dict) -> MethodsRun:
             tracking.tag_model_version(loaded, {"audit.methods_run_id": run_id,
                                                 "audit.recommended_method":
                                                     ranking.recommended or "none"})
+            files = publish(files, reports / run_id)
         except BaseException as error:
             with contextlib.suppress(Exception):
                 tracking.record_failure(error)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import tempfile
+import unicodedata
 from dataclasses import replace
 from pathlib import Path
 
@@ -70,12 +71,28 @@ def _decoded(overlay: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(overlay)).convert("RGB"))
 
 
+# Characters that make Markdown (CommonMark and GitHub's tables and strikethrough) out of
+# text; escaped with a backslash, they show as themselves.
+MARKDOWN_ACTIVE = "\\`*_[]|#~!"
+# Line and paragraph breaks, other control and format characters (a right-to-left override)
+# and undecodable bytes: shown as escapes, so the text stays on its one line and reads as it is.
+INVISIBLE_CATEGORIES = ("Cc", "Cf", "Zl", "Zp", "Cs")
+
+
 def _markdown_text(text: str) -> str:
-    """Data-derived text (class names, model names) as literal text in the run description:
-    the MLflow UI renders it as Markdown through a sanitiser that would drop a `<script>`
-    class name together with the rest of the table."""
-    escaped = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return "".join(f"\\{c}" if c in "\\`*_[]|#" else c for c in escaped)
+    """Data-derived text (a data path, class names, model names) as literal text on one
+    line of the run description: the MLflow UI renders it as Markdown through a sanitiser
+    that would drop a `<script>` class name together with the rest of the table, and a
+    newline in a data path would start a heading or a list of its own."""
+    one_line = "".join(_visible(c) for c in str(text))
+    escaped = one_line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return "".join(f"\\{c}" if c in MARKDOWN_ACTIVE else c for c in escaped)
+
+
+def _visible(character: str) -> str:
+    if unicodedata.category(character) not in INVISIBLE_CATEGORIES:
+        return character
+    return character.encode("unicode_escape", "backslashreplace").decode("ascii")
 
 
 def run_note(context: render.ReportContext) -> str:
