@@ -6,6 +6,11 @@ border band and lesion mask (and scores a random map the same way, so each numbe
 reference), sums the maps per class for the mean heatmaps, and keeps a bounded sample of
 model inputs. `finish` then runs the two checks that need extra forward passes on that
 sample only: deletion/insertion faithfulness and the cascading-randomisation sanity check.
+It also looks for burned-in markers on every decoded film (marker_audit, no model needed),
+and keeps, in the same sample, what the counterfactual shortcut test needs
+(`check_counterfactual`: hide what lies outside the lungs and watch the predictions). The
+class-level shortcut verdict rests on that test's effect (`shortcut_verdicts`); the location
+of the maps is its supporting evidence.
 """
 
 from __future__ import annotations
@@ -18,25 +23,36 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from report import i18n, measures
+from report import counterfactual, i18n, marker_audit, measures
 from report.cam.normalise import per_image
 from report.i18n import N_, _, percent
 
 if TYPE_CHECKING:
     from report.baselines import BaselineScores
+    from report.counterfactual import ClassEffect, CounterfactualResult
+    from report.marker_audit import MarkerAuditResult
     from report.robustness import Robustness
 
 LEVELS = ("full", "fast", "off")
-# Shortcut scores use each map's salient part (values >= half its maximum), see
+# Location measures of shortcuts (supporting evidence since the counterfactual test decides the
+# class verdict, see `shortcut_verdicts`; still the verdict for a class the test could not
+# test). Shortcut scores use each map's salient part (values >= half its maximum), see
 # measures.salient_part. An image is flagged when more than IMAGE_FLAG of that lies in the border
 # band (text markers, laterality tokens, collimation edges) or outside the lungs; a class when
 # its mean border share passes BORDER_FLAG (the band is 30% of the image: random maps put about
 # 0.30 there; the demo model's classes 0.06-0.19; a model trained on synthetic-confounded, 0.57
 # for COVID-19) or its mean outside-lung share passes OUTSIDE_LUNGS_FLAG.
 IMAGE_FLAG = 0.5
+COUNTERFACTUAL_SEED = 0  # the bootstrap's: the same films give the same interval
 BORDER_FLAG = 0.35
 OUTSIDE_LUNGS_FLAG = 0.90
 SANITY_PASS = 0.5  # mean Spearman correlation after full randomisation must fall below this
+HIDDEN_EXAMPLES = 3  # films shown before and after hiding in the Shortcuts section
+# Films in the counterfactual test's sample (QualityPlan.counterfactual_images). Measured on
+# the demo model with 600 films at 237 px (README "A whole report run"): FAST_COUNTERFACTUAL
+# keeps quality=fast's extra cost within 1x the streaming pass.
+FAST_COUNTERFACTUAL = 48
+FULL_COUNTERFACTUAL = 192
 
 
 @dataclass(frozen=True)
@@ -52,18 +68,33 @@ class QualityPlan:
     baseline_images: int = 0
     road_images: int = 0
     robustness_images: int = 0
+    # The counterfactual shortcut test (counterfactual.py) on the first
+    # `counterfactual_images` images: 4 predict passes over them plus the fills. Per-class
+    # effects need about 15 films per class (MIN_IMAGES is 5) to give an interval narrower
+    # than the flag's margin, so its sample is larger than the faithfulness one; 0: not run.
+    counterfactual_images: int = 0
+    counterfactual_resamples: int = counterfactual.BOOTSTRAP_RESAMPLES
 
     @classmethod
     def of(cls, level: str) -> QualityPlan:
         if level == "full":
             return cls(level, faithfulness_images=128, steps=20, sanity_images=16,
                        sanity_stages=8, baseline_images=32, road_images=16,
-                       robustness_images=32)
-        return cls(level, faithfulness_images=16, steps=6, sanity_images=8, sanity_stages=5)
+                       robustness_images=32, counterfactual_images=FULL_COUNTERFACTUAL)
+        return cls(level, faithfulness_images=16, steps=6, sanity_images=8, sanity_stages=5,
+                   counterfactual_images=FAST_COUNTERFACTUAL if level == "fast" else 0)
 
     @property
     def explanation_metrics(self) -> bool:
         return self.level != "off"
+
+    @property
+    def sample_images(self) -> int:
+        """Images the sample keeps: the first ones by position serve every sample check
+        (faithfulness, sanity, baselines and robustness take the first of them)."""
+        if not self.explanation_metrics:
+            return 0
+        return max(self.faithfulness_images, self.counterfactual_images)
 
 
 @dataclass
@@ -142,7 +173,26 @@ class QualityResults:
     sanity: Sanity | None = None
     baselines: BaselineScores | None = None
     robustness: Robustness | None = None
+    # The counterfactual shortcut test on the sample (`check_counterfactual`; None with
+    # quality=off or too few images) and the marker audit over every explained film (None
+    # with quality=off).
+    counterfactual: CounterfactualResult | None = None
+    markers: MarkerAuditResult | None = None
+    # A few sample films before and after hiding, for the report (`hidden_examples`).
+    hidden_examples: list[HiddenExample] = field(default_factory=list)
     seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class HiddenExample:
+    """One film before and after hiding (`QualityAccumulator.hidden_examples`)."""
+
+    position: int  # in the full record list
+    predicted: int
+    model_input: np.ndarray  # (H, W, C)
+    hidden: dict[str, np.ndarray]  # condition -> the film with its region filled
+    probabilities: np.ndarray  # (classes,) before
+    hidden_probabilities: dict[str, np.ndarray]  # condition -> (classes,) after
 
 
 @dataclass(frozen=True)
@@ -156,6 +206,7 @@ class _SampleImage:
     label: int  # -1 when unlabelled
     lesion_mask: np.ndarray | None = None
     lung_mask: np.ndarray | None = None
+    probabilities: np.ndarray | None = None  # the model's outputs for model_input
 
 
 class QualityAccumulator:
@@ -185,6 +236,7 @@ class QualityAccumulator:
                                                                                   "predicted")}
         self._counts = {kind: np.zeros(len(class_names)) for kind in ("true", "predicted")}
         self._sample: list[_SampleImage] = []  # sorted by position, at most the plan's size
+        self._markers = marker_audit.MarkerCounts(tuple(class_names))
         self._border = measures.border_band(image_size)
         self._estimated_lungs = measures.estimated_lung_fields(image_size)
         self._next_position = 0  # where a batch given without positions starts
@@ -207,8 +259,11 @@ class QualityAccumulator:
         flags = self._score_shortcuts(positions, labels, images, maps, random)
         self._score_localisation(positions, labels, predicted, images, maps, random)
         self._add_to_means(labels, predicted, maps)
+        self._markers.add(positions, labels,
+                          marker_audit.detect_batch(image.pixels for image in images))
         if self._keeps_sample:
-            self.keep_sample(positions, labels, predicted, model_inputs, maps, images)
+            self.keep_sample(positions, labels, predicted, model_inputs, maps, images,
+                             probabilities=explanation.probabilities)
         return flags
 
     def _positions_for(self, count: int, positions) -> list[int]:
@@ -270,28 +325,37 @@ class QualityAccumulator:
                 self._sums[kind][index] += shown[chosen].sum(axis=0, dtype=np.float64)
                 self._counts[kind][index] += int(chosen.sum())
 
-    def keep_sample(self, positions, labels, predicted, model_inputs, maps, images=None
-                    ) -> None:
-        """Keep the plan's N images with the smallest positions, whatever order they come in,
-        with their masks (`images`: the decoded images, when there are any to keep). Copies,
-        so that a kept image does not hold its whole batch in memory."""
+    def keep_sample(self, positions, labels, predicted, model_inputs, maps, images=None,
+                    probabilities=None) -> None:
+        """Keep the plan's N images (`QualityPlan.sample_images`) with the smallest
+        positions, whatever order they come in, with their masks (`images`: the decoded
+        images, when there are any to keep) and the model's `probabilities` (the
+        counterfactual test then needs no pass over the originals). Copies, so that a kept
+        image does not hold its whole batch in memory."""
         entering = [
             _SampleImage(position, np.array(model_inputs[i]), np.array(maps[i]),
                          int(predicted[i]), -1 if labels[i] is None else labels[i],
-                         *(_masks_of(images[i]) if images is not None else (None, None)))
+                         *(_masks_of(images[i]) if images is not None else (None, None)),
+                         None if probabilities is None else np.array(probabilities[i]))
             for i, position in enumerate(positions) if self._may_enter_sample(position)
         ]
-        self._sample = _first_by_position(self._sample + entering,
-                                          self.plan.faithfulness_images)
+        self._sample = _first_by_position(self._sample + entering, self.plan.sample_images)
 
     def _may_enter_sample(self, position: int) -> bool:
-        full = len(self._sample) >= self.plan.faithfulness_images
+        if not self.plan.sample_images:
+            return False
+        full = len(self._sample) >= self.plan.sample_images
         return not full or position < self._sample[-1].position
 
     @property
     def sample_positions(self) -> list[int]:
         """Positions of the images the faithfulness and sanity checks will use."""
-        return [image.position for image in self._sample]
+        return [image.position for image in self._sample[: self.plan.faithfulness_images]]
+
+    @property
+    def counterfactual_positions(self) -> list[int]:
+        """Positions of the images the counterfactual test will use."""
+        return [image.position for image in self._sample[: self.plan.counterfactual_images]]
 
     def merge(self, other: QualityAccumulator) -> QualityAccumulator:
         """The accumulator of both parts' images; associative and independent of order."""
@@ -308,7 +372,8 @@ class QualityAccumulator:
         merged._counts = {kind: self._counts[kind] + other._counts[kind]
                           for kind in self._counts}
         merged._sample = _first_by_position(self._sample + other._sample,
-                                            self.plan.faithfulness_images)
+                                            self.plan.sample_images)
+        merged._markers = self._markers.merge(other._markers)
         merged._next_position = max(self._next_position, other._next_position)
         return merged
 
@@ -327,6 +392,7 @@ class QualityAccumulator:
             shortcut=self.shortcut.in_position_order(),
             lung_source=self._lung_source(),
             mean_maps=self._mean_maps(),
+            markers=self._markers.results() if self.plan.explanation_metrics else None,
         )
 
     def check_faithfulness(self, engine, batch_size: int) -> Faithfulness | None:
@@ -334,7 +400,7 @@ class QualityAccumulator:
         with `quality=off` or no images)."""
         if not (self.plan.explanation_metrics and self._sample):
             return None
-        inputs, maps, classes, labels = self._sample_arrays()
+        inputs, maps, classes, labels = self._sample_arrays(self.plan.faithfulness_images)
         return faithfulness(engine, inputs, maps, classes, labels, self.plan.steps,
                             batch_size)
 
@@ -373,8 +439,73 @@ class QualityAccumulator:
         inputs, maps, classes, _ = self._sample_arrays(self.plan.robustness_images)
         return robustness(engine, inputs, maps, classes, batch_size)
 
-    def _sample_arrays(self, count: int | None = None):
+    def check_counterfactual(self, engine, batch_size: int
+                             ) -> CounterfactualResult | None:
+        """Hide what lies outside the lungs (and the border band alone) on the sample's first
+        `counterfactual_images` films and watch the predictions, against a control of the
+        same area inside the lungs (counterfactual.py): 4 predict passes over them. None
+        with quality=off, a plan without the test, or fewer films than a class needs."""
+        count = min(self.plan.counterfactual_images, len(self._sample))
+        if not (self.plan.explanation_metrics and count >= counterfactual.MIN_IMAGES):
+            return None
         sample = self._sample[:count]
+        lungs, estimated = counterfactual.lung_fields([image.lung_mask for image in sample],
+                                                      self.image_size)
+        # Kept with the sample on the local path; a sample added without them is predicted.
+        probabilities = (None if any(image.probabilities is None for image in sample)
+                         else np.stack([image.probabilities for image in sample]))
+        return counterfactual.counterfactual_test(
+            engine.predict, np.stack([image.model_input for image in sample]), lungs,
+            self.class_names, probabilities, lungs_estimated=estimated,
+            seed=COUNTERFACTUAL_SEED, resamples=self.plan.counterfactual_resamples,
+            batch_size=batch_size, sample_images=count)
+
+    def check_shortcut_effect(self, engine, batch_size: int, examples: int = HIDDEN_EXAMPLES
+                              ) -> tuple[CounterfactualResult | None, list[HiddenExample]]:
+        """The counterfactual test, and `examples` films before and after hiding, of the
+        flagged classes when any class is flagged (what a reviewer should see first)."""
+        result = self.check_counterfactual(engine, batch_size)
+        if result is None:
+            return None, []
+        flagged = [effect.index for effect in result.classes if effect.flagged]
+        return result, self.hidden_examples(engine, examples, flagged or None)
+
+    def hidden_examples(self, engine, count: int = 4, classes=None) -> list[HiddenExample]:
+        """The report's "before and after hiding" films: the first `count` films of the
+        counterfactual sample predicted as one of `classes` (indices; all when None), each
+        with everything outside its lung fields hidden and with the border band hidden, as
+        the test filled them (the same reference film), and the model's probabilities
+        before and after. One predict pass over 2 * count films. Model inputs, as
+        `streaming.preprocess` made them: divide by the model's `scale` to show them."""
+        sample = self._sample[: self.plan.counterfactual_images]
+        chosen = [image for image in sample
+                  if classes is None or image.predicted in set(classes)][:count]
+        if not chosen:
+            return []
+        inputs = np.stack([image.model_input for image in chosen])
+        lungs, _ = counterfactual.lung_fields([image.lung_mask for image in chosen],
+                                              self.image_size)
+        reference = counterfactual.reference_film(
+            np.stack([image.model_input for image in sample]))
+        regions = counterfactual.hidden_regions(lungs)
+        filled = {name: counterfactual.neutral_fill(inputs, regions[name][0], reference)
+                  for name in counterfactual.CONDITIONS}
+        after = engine.predict(np.concatenate([filled[name]
+                                               for name in counterfactual.CONDITIONS]))
+        before = (np.stack([image.probabilities for image in chosen])
+                  if all(image.probabilities is not None for image in chosen)
+                  else engine.predict(inputs))
+        n = len(chosen)
+        return [HiddenExample(image.position, image.predicted, image.model_input,
+                              {name: filled[name][i] for name in counterfactual.CONDITIONS},
+                              before[i], {name: after[k * n + i] for k, name in
+                                          enumerate(counterfactual.CONDITIONS)})
+                for i, image in enumerate(chosen)]
+
+    def _sample_arrays(self, count: int):
+        # The faithfulness sample's first images: the sample may be longer for the
+        # counterfactual test, and these checks keep the images they always had.
+        sample = self._sample[: min(count, self.plan.faithfulness_images)]
         return (np.stack([image.model_input for image in sample]),
                 np.stack([image.map for image in sample]),
                 np.asarray([image.predicted for image in sample]),
@@ -412,6 +543,72 @@ def _masks_of(image) -> tuple[np.ndarray | None, np.ndarray | None]:
 
 def _first_by_position(images: list[_SampleImage], count: int) -> list[_SampleImage]:
     return sorted(images, key=lambda image: image.position)[:count]
+
+
+# --- the class-level shortcut verdict -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShortcutVerdict:
+    """Whether a class is flagged as reading a shortcut, and what that rests on.
+
+    `basis` "effect": the counterfactual test decided (`flagged_by`: the conditions,
+    "outside_lungs" and/or "border", whose flip effect's interval lies above the flag); the
+    location numbers are supporting evidence only. "location": the class was predicted for
+    fewer than counterfactual.MIN_IMAGES sample films (or the test did not run), so the
+    location thresholds decide, as before the test existed. The effect is measured over the
+    films PREDICTED as the class, the location over the films labelled with it."""
+
+    class_name: str
+    index: int
+    flagged: bool
+    basis: str  # "effect" or "location"
+    flagged_by: tuple[str, ...]  # conditions, basis "effect" only
+    effect: ClassEffect | None  # None when the test did not run
+    border: float  # mean share of the salient map in the border band (nan: no films)
+    outside_lungs: float  # mean share outside the lung fields (nan: no films)
+    past_location_thresholds: bool  # border > BORDER_FLAG or outside_lungs > OUTSIDE_...
+
+
+def shortcut_verdicts(results: QualityResults) -> list[ShortcutVerdict]:
+    """One verdict per class with location scores or sample films predicted as it, in class
+    order (empty with quality=off)."""
+    border = class_location(results, "border")
+    outside = class_location(results, "outside_lungs")
+    effects = {e.index: e for e in results.counterfactual.classes} if (
+        results.counterfactual is not None) else {}
+    verdicts = []
+    for index, name in enumerate(results.class_names):
+        effect = effects.get(index)
+        if index not in border and not (effect is not None and effect.images):
+            continue
+        b, o = border.get(index, float("nan")), outside.get(index, float("nan"))
+        located = bool(b > BORDER_FLAG or o > OUTSIDE_LUNGS_FLAG)  # nan compares False
+        if effect is not None and effect.tested:
+            verdicts.append(ShortcutVerdict(name, index, effect.flagged, "effect",
+                                            effect.flagged_by, effect, b, o, located))
+        else:
+            verdicts.append(ShortcutVerdict(name, index, located, "location", (), effect, b,
+                                            o, located))
+    return verdicts
+
+
+def flagged_classes(results: QualityResults) -> list[tuple[str, float, float]]:
+    """(class, mean border share, mean outside-lung share) of each flagged class: the shape
+    findings.flagged_classes had, with the verdict now from `shortcut_verdicts`."""
+    return [(v.class_name, v.border, v.outside_lungs)
+            for v in shortcut_verdicts(results) if v.flagged]
+
+
+def class_location(results: QualityResults, key: str) -> dict[int, float]:
+    """Class index -> mean of shortcut score `key` ("border", "outside_lungs") over the
+    films labelled with the class (classes with a finite score only)."""
+    labels = np.asarray(results.shortcut.labels)
+    values = results.shortcut.array(key)
+    return {
+        int(c): float(np.nanmean(values[labels == c]))
+        for c in np.unique(labels) if c >= 0 and np.isfinite(values[labels == c]).any()
+    }
 
 
 class Flag(str):

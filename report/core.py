@@ -168,13 +168,16 @@ def measure(loaded, source, values, engine, streamed, skipped, data_label,
     ):
         # The sample checks are TensorFlow work that releases the GIL; the figures are
         # Matplotlib work that holds it. So each section is drawn while the next check runs.
+        # First: the sanity check, later on this one thread, changes the model's weights.
+        effect = pool.submit(streamed.timed, quality.check_shortcut_effect, engine, batch_size)
         faithful = pool.submit(streamed.timed, quality.check_faithfulness, engine, batch_size)
         sane = pool.submit(streamed.timed, quality.check_sanity, engine)
         roc, calibration = _roc_and_calibration(results)
         shown = findings.shown_classes(results)  # measures.MAX_CLASSES_SHOWN of them at most
         classification_figures = findings.classification_figures(roc, calibration, shown)
-        built = {name: findings.section(name, results, n_flagged)
-                 for name in ("localisation", "shortcuts")}
+        built = {"localisation": findings.section("localisation", results, n_flagged)}
+        results.counterfactual, results.hidden_examples = effect.result()
+        built["shortcuts"] = findings.section("shortcuts", results, n_flagged)
         results.faithfulness = faithful.result()
         built["faithfulness"] = findings.section("faithfulness", results, n_flagged)
         results.sanity = sane.result()

@@ -358,6 +358,41 @@ def mean_heatmaps_svg(
     return _figure_to_svg(figure)
 
 
+def hidden_films_svg(examples, class_names, titles: dict[str, str]) -> str:
+    """One row per film: as the model saw it, then with each region hidden
+    (`checks.HiddenExample`), each panel titled with its column and the predicted class and
+    probability. Every film's panels share its own grey scale, so a fill is seen as the
+    model saw it, neither brighter nor darker."""
+    if not examples:
+        raise ValueError("no films to draw")
+    conditions = list(examples[0].hidden)
+    columns = ["before", *conditions]
+    panel = (_HALF_PAGE_WIDTH - 0.2) / len(columns)
+    with matplotlib.rc_context(_RC):
+        figure = _new_figure(_HALF_PAGE_WIDTH, len(examples) * (panel + 0.45) + 0.1)
+        grid = figure.subplots(len(examples), len(columns), squeeze=False)
+        for row, example in zip(grid, examples, strict=True):
+            films = {"before": example.model_input, **example.hidden}
+            probabilities = {"before": example.probabilities, **example.hidden_probabilities}
+            low, high = _grey_range(example.model_input)
+            for axes, column in zip(row, columns, strict=True):
+                grey = _shrunk(np.asarray(films[column], dtype=float).mean(axis=-1))
+                axes.imshow(grey, cmap="gray", vmin=low, vmax=high, rasterized=True)
+                predicted = int(np.argmax(probabilities[column]))
+                axes.set_title(
+                    f"{_plain(titles[column])}\n"
+                    f"{_plain(textwrap.shorten(str(class_names[predicted]), 18))} "
+                    f"{percent(float(probabilities[column][predicted]), 0)}", fontsize=7.5)
+                axes.set_axis_off()
+    return _figure_to_svg(figure)
+
+
+def _grey_range(model_input: np.ndarray) -> tuple[float, float]:
+    grey = np.asarray(model_input, dtype=float).mean(axis=-1)
+    low, high = float(grey.min()), float(grey.max())
+    return low, (high if high > low else low + 1.0)
+
+
 # Mean-map panels are about an inch wide: a larger raster only costs drawing time and bytes.
 _PANEL_PIXELS = 128
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from report import figures, measures
+from report import checks, counterfactual, figures, measures
 from report.checks import (
     BORDER_FLAG,
     IMAGE_FLAG,
     OUTSIDE_LUNGS_FLAG,
     SANITY_PASS,
     QualityResults,
+    ShortcutVerdict,
 )
 from report.i18n import N_, _, decimal, ngettext, number, percent
 from report.measures import MAX_CLASSES_SHOWN, ShownClasses
@@ -120,6 +121,10 @@ def explanation_metrics(results: QualityResults) -> dict[str, float]:
             metrics[f"faithfulness.{name}"] = results.baselines.values["method"][name]
     if results.robustness:
         metrics.update(results.robustness.metrics())
+    if results.counterfactual:
+        metrics.update(results.counterfactual.metrics())
+    if results.markers:
+        metrics.update(results.markers.metrics())
     if results.sanity and results.sanity.correlations:
         metrics["sanity.final_spearman"] = results.sanity.final_correlation
         metrics["sanity.passed"] = float(results.sanity.passed)
@@ -129,14 +134,9 @@ def explanation_metrics(results: QualityResults) -> dict[str, float]:
 
 
 def flagged_classes(results: QualityResults) -> list[tuple[str, float, float]]:
-    """(class, mean border share, mean outside-lung share) for classes past a threshold."""
-    border = _per_class(results.shortcut, "border")
-    outside = _per_class(results.shortcut, "outside_lungs")
-    return [
-        (results.class_names[i], border[i], outside.get(i, float("nan")))
-        for i in border
-        if border[i] > BORDER_FLAG or outside.get(i, 0.0) > OUTSIDE_LUNGS_FLAG
-    ]
+    """(class, mean border share, mean outside-lung share) for each class flagged as reading a
+    shortcut: by the counterfactual test where it ran on enough films, else by location."""
+    return checks.flagged_classes(results)
 
 
 def _per_class(scores, key: str) -> dict[int, float]:
@@ -171,6 +171,8 @@ def summary(results: QualityResults, metrics: dict[str, float], accuracy: float,
         lines.append(_robustness_line(results.robustness))
     if "shortcut.border_energy" in metrics:
         lines.append(_shortcut_line(results, n_flagged))
+    if results.markers and results.markers.films:
+        lines.append(_marker_line(results.markers))
     if not results.plan.explanation_metrics:
         lines.append(Finding("info", _("Explanation quality was not measured (quality=off).")))
     return lines
@@ -246,8 +248,26 @@ def _sanity_line(results: QualityResults) -> Finding:
 
 
 def _shortcut_line(results: QualityResults, n_flagged: int) -> Finding:
-    classes = flagged_classes(results)
-    if not classes:
+    """The verdict rests on the counterfactual test where it ran; location decides only for
+    classes it could not test (and everywhere when it did not run)."""
+    verdicts = checks.shortcut_verdicts(results)
+    flagged = [verdict for verdict in verdicts if verdict.flagged]
+    if not flagged:
+        return _no_shortcut_line(results, verdicts, n_flagged)
+    named = "; ".join(_flagged_reason(verdict) for verdict in flagged[:MAX_CLASSES_SHOWN])
+    if len(flagged) > MAX_CLASSES_SHOWN:
+        more = len(flagged) - MAX_CLASSES_SHOWN
+        named += "; " + ngettext("and %(count)s more class", "and %(count)s more classes",
+                                 more) % {"count": number(more)}
+    return Finding("warn", _(
+        "Possible shortcut — %(classes)s. The model may read markers, text or edges instead of "
+        "the lungs (see Shortcuts).") % {"classes": named})
+
+
+def _no_shortcut_line(results: QualityResults, verdicts: list[ShortcutVerdict],
+                      n_flagged: int) -> Finding:
+    tested = [v for v in verdicts if v.basis == "effect"]
+    if not tested:
         return Finding("pass", ngettext(
             "No class puts more than %(border)s of its salient map in the image border or more "
             "than %(outside)s outside the lungs (%(count)s image flagged on its own).",
@@ -255,21 +275,74 @@ def _shortcut_line(results: QualityResults, n_flagged: int) -> Finding:
             "than %(outside)s outside the lungs (%(count)s images flagged on their own).",
             n_flagged) % {"border": percent(BORDER_FLAG, 0),
                           "outside": percent(OUTSIDE_LUNGS_FLAG, 0), "count": number(n_flagged)})
+    return Finding("pass", ngettext(
+        "Hiding everything outside the lungs, or the image border, changes the predictions of "
+        "no class much more than hiding an equal area inside the lungs (%(count)s class "
+        "tested on %(films)s sample films).",
+        "Hiding everything outside the lungs, or the image border, changes the predictions of "
+        "no class much more than hiding an equal area inside the lungs (%(count)s classes "
+        "tested on %(films)s sample films).",
+        len(tested)) % {"count": number(len(tested)),
+                        "films": number(results.counterfactual.sample_images)})
+
+
+def _flagged_reason(verdict: ShortcutVerdict) -> str:
+    if verdict.basis == "location":
+        return _("%(class_name)s: %(border)s of its salient map in the border, %(outside)s "
+                 "outside the lungs") % {"class_name": verdict.class_name,
+                                         "border": percent(verdict.border, 0),
+                                         "outside": percent(verdict.outside_lungs, 0)}
+    strongest = max((verdict.effect.condition(name) for name in verdict.flagged_by),
+                    key=lambda condition: condition.flip_effect.estimate)
+    return _("%(class_name)s: hiding %(region)s changes %(flips)s of its predictions, hiding "
+             "an equal area inside the lungs %(control)s (difference %(effect)s, 95%% CI "
+             "%(low)s to %(high)s)") % {
+        "class_name": verdict.class_name, "region": _(REGION_NAMES[strongest.condition]),
+        "flips": percent(strongest.flip_rate, 0),
+        "control": percent(strongest.control_flip_rate, 0),
+        "effect": _signed_points(strongest.flip_effect.estimate),
+        "low": _signed_points(strongest.flip_effect.low),
+        "high": _signed_points(strongest.flip_effect.high)}
+
+
+# What each hidden region is called in sentences and in tables (counterfactual.CONDITIONS).
+REGION_NAMES = {"outside_lungs": N_("everything outside the lungs"),
+                "border": N_("the image border")}
+REGION_SHORT_NAMES = {"outside_lungs": N_("outside lungs"), "border": N_("border")}
+
+
+def _marker_line(markers) -> Finding:
+    warned = [c for c in markers.classes if c.warned]
+    if not warned:
+        return Finding("pass" if not markers.marked else "info", ngettext(
+            "Burned-in markers (bright, sharp-edged marks near the film's edge: tags, text, "
+            "rulers) were found on %(marked)s of %(count)s film, no more often in one class "
+            "than in the others.",
+            "Burned-in markers (bright, sharp-edged marks near the film's edge: tags, text, "
+            "rulers) were found on %(marked)s of %(count)s films, no more often in one class "
+            "than in the others.", markers.films) % {
+            "marked": number(markers.marked), "count": number(markers.films)})
     named = "; ".join(
-        _("%(class_name)s: %(border)s of its salient map in the border, %(outside)s outside the "
-          "lungs") % {"class_name": name, "border": percent(border, 0),
-                      "outside": percent(outside, 0)}
-        for name, border, outside in classes[:MAX_CLASSES_SHOWN])
-    if len(classes) > MAX_CLASSES_SHOWN:
-        more = len(classes) - MAX_CLASSES_SHOWN
-        named += "; " + ngettext("and %(count)s more class", "and %(count)s more classes",
-                                 more) % {"count": number(more)}
-    return Finding("warn", ngettext(
-        "Possible shortcut — %(classes)s. The model may read markers, text or edges instead of "
-        "the lungs (%(count)s image flagged; see the list).",
-        "Possible shortcut — %(classes)s. The model may read markers, text or edges instead of "
-        "the lungs (%(count)s images flagged; see the list).",
-        n_flagged) % {"classes": named, "count": number(n_flagged)})
+        _("%(class_name)s %(share)s against %(rest)s of the other classes' films "
+          "(%(p)s)") % {"class_name": c.class_name, "share": percent(c.prevalence, 0),
+                        "rest": percent(c.rest_prevalence, 0), "p": _p_phrase(c.p_value)}
+        for c in warned[:MAX_CLASSES_SHOWN])
+    return Finding("warn", _(
+        "Burned-in markers (bright, sharp-edged marks near the film's edge: tags, text, "
+        "rulers) are far more common in one class: %(classes)s. The data alone lets a model "
+        "tell the class by its markers, before any model is trained.") % {"classes": named})
+
+
+def _p_phrase(p: float) -> str:
+    """"p < 0.001" or "p = 0.012" (Fisher's exact test)."""
+    shown = _p_value(p)
+    return f"p {shown}" if shown.startswith("<") else f"p = {shown}"
+
+
+def _p_value(p: float) -> str:
+    if not np.isfinite(p):
+        return "—"
+    return "< 0.001" if p < 0.001 else decimal(p, 3)
 
 
 def _as_written(threshold: float) -> str:
@@ -492,27 +565,149 @@ def _shortcut_section(results: QualityResults, n_flagged: int) -> Section | None
     short = results.shortcut
     if not len(short.array("border")):
         return None
+    verdicts = {verdict.index: verdict for verdict in checks.shortcut_verdicts(results)}
+    random_border = np.nanmean(short.array("random border"))
+    tables = [_effect_table(results, verdicts)] if results.counterfactual else []
+    tables.append(_location_table(results, verdicts))
+    if results.markers and results.markers.films:
+        tables.append(_marker_table(results))
+    lines = [_shortcut_line(results, n_flagged)]
+    if results.markers and results.markers.films:
+        lines.append(_marker_line(results.markers))
+    return Section(
+        "shortcuts", _("Shortcuts: does the model look at the lungs?"),
+        _shortcut_reading(results, random_border),
+        findings=lines,
+        tables=tables,
+        figures=_hidden_figures(results) + _mean_map_figures(results),
+    )
+
+
+def _shortcut_reading(results: QualityResults, random_border: float) -> str:
+    reading = _(
+        "Models trained on pooled COVID-19 data sets have been shown to score well by reading "
+        "hospital text markers, laterality tokens and image borders instead of the lungs "
+        "(DeGrave et al. 2021). Where a heatmap lies does not settle it: a marker of another "
+        "size or place passes any threshold on location. So the verdict rests on what the "
+        "model does when the suspect region is gone.")
+    if results.counterfactual:
+        reading += " " + _(
+            "On the first %(count)s sample films, everything outside the lung fields is hidden, "
+            "and separately the border band (8%% of the image side). The hidden region is "
+            "filled from the film's own kept pixels and the sample's median film, never black: "
+            "no marker survives, and the film keeps its brightness. The control hides an equal "
+            "area inside the lungs (all of the lungs when they are smaller). A class is flagged "
+            "when hiding the region changes its predictions more often than hiding the "
+            "control, by more than %(threshold)s at the lower end of a 95%% paired bootstrap "
+            "interval; classes predicted for fewer than %(minimum)s sample films are judged "
+            "by location alone.") % {
+            "count": number(results.counterfactual.sample_images),
+            "threshold": percent(results.counterfactual.threshold, 0),
+            "minimum": number(counterfactual.MIN_IMAGES)}
+    return reading + " " + _(
+        "As supporting evidence, the salient part of each heatmap (values at least half the "
+        "map's maximum) is located: its share in the border band (random maps put "
+        "%(random_border)s there) and outside the lung fields (classes past %(class_border)s "
+        "or %(class_outside)s; single images past %(image_border)s / %(image_outside)s are "
+        "listed). Lung fields: %(lung_fields)s. Burned-in markers are counted per class on "
+        "every film, without the model.") % {
+        "random_border": percent(random_border, 0),
+        "class_border": percent(BORDER_FLAG, 0),
+        "class_outside": percent(OUTSIDE_LUNGS_FLAG, 0),
+        "image_border": percent(IMAGE_FLAG, 0),
+        "image_outside": percent(OUTSIDE_LUNGS_FLAG, 0),
+        # checks.QualityAccumulator's wording; translated when marked there (N_).
+        "lung_fields": _(results.lung_source)}
+
+
+def _effect_table(results: QualityResults, verdicts: dict[int, ShortcutVerdict]) -> Table:
+    """What happens when everything outside the lungs (or the border) is hidden, per class
+    predicted on the sample: at most MAX_CLASSES_SHOWN classes, those with the most films."""
+    effects = sorted(results.counterfactual.classes, key=lambda e: (-e.images, e.index))
+    rows = []
+    for effect in effects[:MAX_CLASSES_SHOWN]:
+        if not effect.tested:
+            rows.append([effect.class_name, number(effect.images), "—", "—", "—", "—", "—",
+                         _("too few films")])
+            continue
+        for condition in effect.conditions:
+            rows.append([
+                effect.class_name, number(effect.images),
+                _(REGION_SHORT_NAMES[condition.condition]),
+                percent(condition.flip_rate, 0), percent(condition.control_flip_rate, 0),
+                _("%(estimate)s (%(low)s to %(high)s)") % {
+                    "estimate": _signed_points(condition.flip_effect.estimate),
+                    "low": _signed_points(condition.flip_effect.low),
+                    "high": _signed_points(condition.flip_effect.high)},
+                _("%(drop)s (%(control)s)") % {"drop": decimal(condition.drop, 2),
+                                              "control": decimal(condition.control_drop, 2)},
+                _("yes") if condition.flagged else _("no")])
+    return Table([_("Class (predicted)"), _("Films"), _("Hidden"), _("Predictions changed"),
+                  _("Control"), _("Difference (95% CI)"), _("Probability drop (control)"),
+                  _("Flagged")], rows)
+
+
+def _signed_points(share: float) -> str:
+    """A difference of two shares, in percentage points and signed: +96%, -3%."""
+    shown = percent(share, 0)
+    return shown if shown.startswith(("-", "−", "—")) else "+" + shown
+
+
+def _location_table(results: QualityResults, verdicts: dict[int, ShortcutVerdict]) -> Table:
+    short = results.shortcut
     border, outside = _per_class(short, "border"), _per_class(short, "outside_lungs")
     selection = shown_classes(results)
     left_out = [c for c in sorted(border) if c not in selection]
+
+    def past(c: int) -> bool:
+        return border[c] > BORDER_FLAG or outside.get(c, 0) > OUTSIDE_LUNGS_FLAG
+
     rows = [[results.class_names[c], decimal(border[c], 2),
-             decimal(outside.get(c, float("nan")), 2),
-             _("yes") if border[c] > BORDER_FLAG or outside.get(c, 0) > OUTSIDE_LUNGS_FLAG
-             else _("no")]
+             decimal(outside.get(c, float("nan")), 2), _("yes") if past(c) else _("no")]
             for c in (selection.indices if selection.left_out else sorted(border))
             if c in border]
     if left_out:
-        flagged = sum(border[c] > BORDER_FLAG or outside.get(c, 0) > OUTSIDE_LUNGS_FLAG
-                      for c in left_out)
-        # TRANSLATORS: the Flagged cell of the pooled row: how many of its classes are.
+        count = sum(past(c) for c in left_out)
+        # TRANSLATORS: the last cell of the pooled row: how many of its classes are past.
         rows.append([other_classes_label(len(left_out)),
                      decimal(np.nanmean([border[c] for c in left_out]), 2),
                      decimal(np.nanmean([outside.get(c, np.nan) for c in left_out]), 2),
-                     ngettext("%(count)s flagged", "%(count)s flagged", flagged)
-                     % {"count": number(flagged)}])
-    random_border = np.nanmean(short.array("random border"))
-    rows.append([_("random maps"), decimal(random_border, 2),
+                     ngettext("%(count)s flagged", "%(count)s flagged", count)
+                     % {"count": number(count)}])
+    rows.append([_("random maps"), decimal(np.nanmean(short.array("random border")), 2),
                  decimal(np.nanmean(short.array("random outside_lungs")), 2), ""])
+    return Table([_("Class (true)"), _("Salient map in border"), _("Outside lungs"),
+                  _("Past location thresholds")], rows)
+
+
+def _marker_table(results: QualityResults) -> Table:
+    classes = sorted((c for c in results.markers.classes if c.films),
+                     key=lambda c: -c.films)[:MAX_CLASSES_SHOWN]
+    rows = [[c.class_name, number(c.films), percent(c.prevalence, 0),
+             percent(c.rest_prevalence, 0), _p_value(c.p_value),
+             _("yes") if c.warned else _("no")] for c in classes]
+    return Table([_("Class (true)"), _("Films"), _("With burned-in markers"),
+                  _("Other classes"), _("p (Fisher)"), _("Warning")], rows)
+
+
+def _hidden_figures(results: QualityResults) -> list[Figure]:
+    if not results.hidden_examples:
+        return []
+    return [Figure(N_("Films before and after hiding"),
+                   figures.hidden_films_svg(results.hidden_examples, results.class_names,
+                                            {name: _(title) for name, title in
+                                             HIDDEN_TITLES.items()}),
+                   _("A few sample films as the model saw them, with everything outside the "
+                     "lungs hidden, and with the border hidden; above each, the predicted "
+                     "class and its probability."))]
+
+
+HIDDEN_TITLES = {"before": N_("As seen"), "outside_lungs": N_("Outside lungs hidden"),
+                 "border": N_("Border hidden")}
+
+
+def _mean_map_figures(results: QualityResults) -> list[Figure]:
+    selection = shown_classes(results)
     mean_maps = {kind: _shown_maps(maps, results.class_names, selection)
                  for kind, maps in results.mean_maps.items()}
     drawn_titles = {"true": _("Mean heatmap by true class"),
@@ -520,34 +715,12 @@ def _shortcut_section(results: QualityResults, n_flagged: int) -> Section | None
     # Figure titles stay in English (they name the artifact files; N_ only marks them).
     figure_titles = {"true": N_("Mean heatmap per true class"),
                      "predicted": N_("Mean heatmap per predicted class")}
-    shown = [
+    return [
         Figure(figure_titles[kind],
                figures.mean_heatmaps_svg(mean_maps[kind], drawn_titles[kind]),
                _("Where the evidence usually lies; a bright corner or edge is a warning sign."))
         for kind in ("true", "predicted") if mean_maps.get(kind)
     ]
-    return Section(
-        "shortcuts", _("Shortcuts: does the model look at the lungs?"),
-        _("Models trained on pooled COVID-19 data sets have been shown to score well by "
-          "reading hospital text markers, laterality tokens and image borders instead of the "
-          "lungs (DeGrave et al. 2021). For every image, the salient part of its heatmap "
-          "(values at least half the map's maximum) is located: its share of energy in a "
-          "border band (8%% of the image side; random maps put %(random_border)s there) and "
-          "outside the lung fields. Classes past %(class_border)s in the border or "
-          "%(class_outside)s outside the lungs are flagged, and single images past "
-          "%(image_border)s / %(image_outside)s are listed. Lung fields: %(lung_fields)s.")
-        % {"random_border": percent(random_border, 0),
-           "class_border": percent(BORDER_FLAG, 0),
-           "class_outside": percent(OUTSIDE_LUNGS_FLAG, 0),
-           "image_border": percent(IMAGE_FLAG, 0),
-           "image_outside": percent(OUTSIDE_LUNGS_FLAG, 0),
-           # checks.QualityAccumulator's wording; translated when marked there (N_).
-           "lung_fields": _(results.lung_source)},
-        findings=[_shortcut_line(results, n_flagged)],
-        tables=[Table([_("Class (true)"), _("Salient map in border"), _("Outside lungs"),
-                       _("Flagged")], rows)],
-        figures=shown,
-    )
 
 
 def _baselines_section(results: QualityResults) -> Section | None:

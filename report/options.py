@@ -227,7 +227,8 @@ COMPARE = (
     *(option for option in EXPLAIN if option.name in _SHARED_WITH_COMPARE),
     Option("fail_on", "str", "none",
            "exit non-zero for a CI promotion gate: worse (significantly worse accuracy), "
-           "shortcut (a class newly flagged as reading outside the lungs), any (either), none",
+           "shortcut (a class newly flagged as reading outside the lungs: its predictions "
+           "change when what lies outside them is hidden), any (either), none",
            choices=FAIL_ON),
 )
 

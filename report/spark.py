@@ -284,7 +284,7 @@ def add_sample(summary: Summary, source, records, metadata, engine, batch_size: 
     if not quality.plan.explanation_metrics:
         return
     explained = sorted(position for position, _ in summary.explained_records)
-    chosen = explained[: quality.plan.faithfulness_images]
+    chosen = explained[: quality.plan.sample_images]
     sample = [records[position] for position in chosen]
     for batch in iter_batches(source, sample, metadata.image_size, batch_size, [],
                               duplicates={}):
@@ -293,7 +293,7 @@ def add_sample(summary: Summary, source, records, metadata, engine, batch_size: 
         quality.keep_sample([chosen[i] for i in batch.indices],
                             [record.label for record in batch.records],
                             explanation.class_index, images, explanation.maps,
-                            batch.images)
+                            batch.images, probabilities=explanation.probabilities)
 
 
 def _ship_model(spark, model, folder: Path) -> str:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from keras import layers
 
-from report import checks, measures
+from report import checks, counterfactual, measures
 from report.cam.engine import Explanation, GradCAM
 from report.cam.layers import trace_model
 from report.cam.normalise import per_image
@@ -171,3 +171,209 @@ def test_accumulator_scores_localisation_and_flags_border_maps():
     assert loc.array("energy").tolist() == [pytest.approx(1.0)]
     assert loc.array("iou").tolist() == [pytest.approx(1.0)]
     assert accumulator.shortcut.array("border").tolist() == [0.0, pytest.approx(1.0)]
+
+
+# --- the counterfactual sample, the marker audit and the class verdict (issue 16) ----------
+
+CF_SIZE = 64
+CF_LUNGS = measures.estimated_lung_fields((CF_SIZE, CF_SIZE))
+
+
+def test_the_plans_keep_a_larger_counterfactual_sample_in_fast_and_full_and_none_when_off():
+    fast, full, off = (QualityPlan.of(level) for level in ("fast", "full", "off"))
+    assert fast.counterfactual_images == checks.FAST_COUNTERFACTUAL
+    assert full.counterfactual_images == checks.FULL_COUNTERFACTUAL
+    assert fast.faithfulness_images < fast.counterfactual_images < full.counterfactual_images
+    # Enough films for every class of three to reach the test's minimum with room to spare.
+    assert fast.counterfactual_images >= 3 * 3 * counterfactual.MIN_IMAGES
+    assert fast.sample_images == fast.counterfactual_images
+    assert full.sample_images == max(full.faithfulness_images, full.counterfactual_images)
+    assert (off.counterfactual_images, off.sample_images) == (0, 0)
+    accumulator = QualityAccumulator(off, ("A",), (4, 4))
+    accumulator.keep_sample([0], [0], [0], np.zeros((1, 4, 4, 3)), np.zeros((1, 4, 4)))
+    assert accumulator.counterfactual_positions == accumulator.sample_positions == []
+
+
+def corner_model_inputs(count: int) -> tuple[np.ndarray, list[int]]:
+    """Films whose class 0 is a bright top-left corner (every third film), 1 and 2 their
+    lungs' brightness, and their labels (what `corner_reader` predicts for them)."""
+    rng = np.random.default_rng(5)
+    films = np.full((count, CF_SIZE, CF_SIZE, 3), 0.4, np.float32)
+    films += rng.normal(0, 0.02, films.shape).astype(np.float32)
+    films[::3, :6, :6] = 1.0
+    films[1::3][:, CF_LUNGS] = 0.2
+    films[2::3][:, CF_LUNGS] = 0.8
+    return films, [i % 3 for i in range(count)]
+
+
+class CornerReader:
+    """An engine-like object whose `predict` reads class 0 from the top-left corner only."""
+
+    def predict(self, inputs):
+        inputs = np.asarray(inputs)
+        corner = inputs[:, :6, :6].mean(axis=(1, 2, 3))
+        lungs = inputs[:, CF_LUNGS].mean(axis=(1, 2))
+        logits = np.stack([20 * (corner - 0.6), 10 * (0.5 - lungs), 10 * (lungs - 0.5)], 1)
+        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return exp / exp.sum(axis=1, keepdims=True)
+
+
+def marked_pixels(position: int) -> np.ndarray:
+    """uint8 decoded film; every fourth one carries a flat white block near a corner."""
+    pixels = np.full((CF_SIZE, CF_SIZE, 3), 90, np.uint8)
+    if position % 4 == 0:
+        pixels[2:8, 3:10] = 255
+    return pixels
+
+
+def corner_stream(count: int, plan: QualityPlan, parts, keep_sample: bool = True):
+    """The accumulators of `parts` (lists of positions, each batched in threes, in the order
+    given), scoring CornerReader's maps (zeros: the location scores do not matter here)."""
+    films, labels = corner_model_inputs(count)
+    engine = CornerReader()
+    accumulators = []
+    for part in parts:
+        accumulator = QualityAccumulator(plan, ("marker", "dark", "bright"),
+                                         (CF_SIZE, CF_SIZE), keep_sample=keep_sample)
+        for start in range(0, len(part), 3):
+            chosen = part[start : start + 3]
+            probabilities = engine.predict(films[chosen])
+            maps = np.zeros((len(chosen), CF_SIZE, CF_SIZE), np.float32)
+            explanation = Explanation(probabilities, probabilities.argmax(axis=1), maps, maps)
+            decoded = [LoadedImage(marked_pixels(p), "d", None, None) for p in chosen]
+            accumulator.add_batch([labels[p] for p in chosen], decoded, films[chosen],
+                                  explanation, positions=chosen)
+        accumulators.append(accumulator)
+    return accumulators, films, labels
+
+
+CORNER_PLAN = QualityPlan("fast", faithfulness_images=4, steps=2, sanity_images=2,
+                          sanity_stages=1, counterfactual_images=30,
+                          counterfactual_resamples=400)
+
+
+def test_check_counterfactual_flags_the_class_read_from_a_corner_and_no_other():
+    (accumulator,), _, _ = corner_stream(45, CORNER_PLAN, [list(range(45))])
+    assert accumulator.counterfactual_positions == list(range(30))
+    assert accumulator.sample_positions == list(range(4))
+    result = accumulator.check_counterfactual(CornerReader(), batch_size=8)
+    assert result.sample_images == 30 and result.resamples == 400
+    assert result.lungs_estimated == 30  # no lung masks: the PA prior
+    assert result.flagged_classes == ["marker"]
+    assert result.classes[0].images == 10
+    assert result.classes[0].condition("border").flip_rate == 1.0
+
+
+def test_check_counterfactual_is_none_when_off_or_with_too_few_films():
+    off = QualityPlan.of("off")
+    (accumulator,), _, _ = corner_stream(12, off, [list(range(12))])
+    assert accumulator.check_counterfactual(CornerReader(), 8) is None
+    assert accumulator.results().markers is None and accumulator.results().counterfactual is None
+    few = counterfactual.MIN_IMAGES - 1
+    (accumulator,), _, _ = corner_stream(few, CORNER_PLAN, [list(range(few))])
+    assert accumulator.check_counterfactual(CornerReader(), 8) is None
+    without = QualityPlan("fast", faithfulness_images=4, steps=2, sanity_images=2,
+                          sanity_stages=1)  # a plan without the test
+    (accumulator,), _, _ = corner_stream(12, without, [list(range(12))])
+    assert accumulator.check_counterfactual(CornerReader(), 8) is None
+
+
+def test_a_sample_added_without_probabilities_is_predicted_for_the_same_result():
+    (streamed,), films, labels = corner_stream(36, CORNER_PLAN, [list(range(36))])
+    (added,), _, _ = corner_stream(36, CORNER_PLAN, [list(range(36))], keep_sample=False)
+    assert added.counterfactual_positions == []
+    maps = np.zeros((36, CF_SIZE, CF_SIZE), np.float32)
+    predicted = CornerReader().predict(films).argmax(axis=1)
+    added.keep_sample(list(range(36))[::-1], labels[::-1], predicted[::-1], films[::-1],
+                      maps)  # as a Spark driver may: no probabilities, in any order
+    assert added.counterfactual_positions == list(range(30))
+    assert (added.check_counterfactual(CornerReader(), 8)
+            == streamed.check_counterfactual(CornerReader(), 8))
+
+
+# Uneven parts, one reversed: the first 30 positions come from all three.
+CORNER_PARTS = (list(range(0, 5)), list(range(5, 45, 2))[::-1], list(range(6, 45, 2)))
+
+
+def test_split_streams_merge_into_one_pass_sample_markers_and_verdict():
+    (single,), _, _ = corner_stream(45, CORNER_PLAN, [list(range(45))])
+    a, b, c = corner_stream(45, CORNER_PLAN, CORNER_PARTS)[0]
+    expected = single.results().markers
+    assert expected.films == 45 and expected.marked == 12  # every fourth film
+    assert [p for p, _ in expected.examples] == [0, 4, 8, 12, 16, 20]
+    for merged in (a.merge(b).merge(c), c.merge(b.merge(a))):
+        assert merged.counterfactual_positions == single.counterfactual_positions
+        assert merged.sample_positions == single.sample_positions
+        assert merged.results().markers == expected
+        assert (merged.check_counterfactual(CornerReader(), 8)
+                == single.check_counterfactual(CornerReader(), 8))
+
+
+def verdict_results(border: dict[int, float], outside: dict[int, float], effects):
+    """QualityResults with one film per class of the given location shares and the given
+    per-class counterfactual effects (None: the test did not run)."""
+    shortcut = checks.MapScores()
+    shortcut.add_images(list(border), list(border))
+    shortcut.add("border", list(border.values()))
+    shortcut.add("outside_lungs", [outside[c] for c in border])
+    results = checks.QualityResults(
+        QualityPlan.of("fast"), ("A", "B", "C", "D"), np.zeros(0, int), np.zeros(0, int),
+        np.zeros((0, 4)), checks.MapScores(), shortcut, "estimated", {})
+    if effects is not None:
+        results.counterfactual = counterfactual.CounterfactualResult(tuple(effects), 40, 40)
+    return results
+
+
+def class_effect(index: int, images: int, flagged_by: tuple[str, ...]):
+    interval = counterfactual.Interval(0.5, 0.3, 0.7)
+    conditions = tuple(counterfactual.ConditionEffect(
+        name, 0.6, 0.1, 0.4, 0.05, interval, interval, 0.7, 0.25, name in flagged_by)
+        for name in counterfactual.CONDITIONS) if images >= counterfactual.MIN_IMAGES else ()
+    return counterfactual.ClassEffect("ABCD"[index], index, images, conditions)
+
+
+def test_the_class_verdict_rests_on_the_effect_with_the_location_as_evidence():
+    border = {0: 0.15, 1: 0.6, 2: 0.6, 3: 0.1}
+    outside = {0: 0.62, 1: 0.7, 2: 0.7, 3: 0.95}
+    effects = [class_effect(0, 12, ("border",)),  # location passes it, the effect flags it
+               class_effect(1, 12, ()),  # location would flag it, the effect clears it
+               class_effect(2, 3, ()),  # too few films: location decides
+               class_effect(3, 0, ())]  # never predicted: location decides
+    verdicts = {v.class_name: v for v in checks.shortcut_verdicts(
+        verdict_results(border, outside, effects))}
+    a, b, c, d = (verdicts[name] for name in "ABCD")
+    assert (a.flagged, a.basis, a.flagged_by, a.past_location_thresholds) == (
+        True, "effect", ("border",), False)
+    assert (a.border, a.outside_lungs) == (0.15, 0.62) and a.effect is effects[0]
+    assert (b.flagged, b.basis, b.past_location_thresholds) == (False, "effect", True)
+    assert (c.flagged, c.basis, c.flagged_by) == (True, "location", ())
+    assert (d.flagged, d.basis) == (True, "location")  # outside 0.95 > 0.90
+    assert checks.flagged_classes(verdict_results(border, outside, effects)) == [
+        ("A", 0.15, 0.62), ("C", 0.6, 0.7), ("D", 0.1, 0.95)]
+
+
+def test_without_the_effect_test_the_location_thresholds_decide_as_before():
+    border, outside = {0: 0.5, 1: 0.1}, {0: 0.5, 1: 0.5}
+    verdicts = checks.shortcut_verdicts(verdict_results(border, outside, None))
+    assert [(v.class_name, v.flagged, v.basis) for v in verdicts] == [
+        ("A", True, "location"), ("B", False, "location")]
+    # A class with sample films predicted as it but no labelled film has a verdict too.
+    only_predicted = verdict_results({1: 0.1}, {1: 0.5}, [class_effect(0, 9, ("border",))])
+    verdicts = checks.shortcut_verdicts(only_predicted)
+    assert [(v.class_name, v.flagged, v.basis) for v in verdicts] == [
+        ("A", True, "effect"), ("B", False, "location")]
+    assert np.isnan(verdicts[0].border)
+
+
+def test_hidden_examples_show_the_films_the_test_filled_and_the_predictions_after():
+    (accumulator,), films, _ = corner_stream(45, CORNER_PLAN, [list(range(45))])
+    examples = accumulator.hidden_examples(CornerReader(), count=3, classes=[0])
+    assert [e.position for e in examples] == [0, 3, 6]  # the films predicted as class 0
+    first = examples[0]
+    np.testing.assert_array_equal(first.model_input, films[0])
+    outside = first.hidden["outside_lungs"]
+    np.testing.assert_array_equal(outside[CF_LUNGS], films[0][CF_LUNGS])  # lungs kept
+    assert outside[:6, :6].mean() < 0.6 < films[0][:6, :6].mean()  # the marker is gone
+    assert first.probabilities.argmax() == 0
+    assert first.hidden_probabilities["border"].argmax() != 0
+    assert len(accumulator.hidden_examples(CornerReader(), count=10)) == 10

@@ -24,6 +24,7 @@ N_IMAGES = 40
 # quality=fast, from all three parts) must still be the 16 smallest positions, not the first
 # 16 seen.
 PARTS = (list(range(0, 7)), list(range(7, N_IMAGES, 2))[::-1], list(range(8, N_IMAGES, 2)))
+COUNTERFACTUAL_IMAGES = 24  # lowered too, under N_IMAGES, so that the bound has to choose
 
 
 @dataclass
@@ -55,6 +56,7 @@ def outcomes(setup, tmp_path_factory) -> dict[str, Outcome]:
         patch.setattr(streaming, "GRID_IMAGES_PER_CLASS", 3)
         patch.setattr(streaming, "EXTREMES", 2)
         patch.setattr(checks, "IMAGE_FLAG", 0.2)
+        patch.setattr(checks, "FAST_COUNTERFACTUAL", COUNTERFACTUAL_IMAGES)
         whole = list(range(N_IMAGES))
         parts = [explain_part(setup, indices, folder / f"part{n}")
                  for n, indices in enumerate(PARTS)]
@@ -214,3 +216,25 @@ def test_collected_merge_is_associative_and_independent_of_order(monkeypatch):
     assert len(mistakes) > 4  # the bound has to choose among them
     most_confident = sorted(mistakes, key=lambda item: -item.confidence)[:4]
     assert [item.confidence for item in grid.items] == [t.confidence for t in most_confident]
+
+
+@pytest.mark.parametrize("name", MERGED)
+def test_merged_parts_keep_the_same_counterfactual_sample_result_and_marker_counts(
+        setup, outcomes, name):
+    single, merged = outcomes["single"], outcomes[name]
+    assert single.summary.quality.counterfactual_positions == list(range(COUNTERFACTUAL_IMAGES))
+    assert (merged.summary.quality.counterfactual_positions
+            == single.summary.quality.counterfactual_positions)
+    assert single.results.markers.films == N_IMAGES
+    assert merged.results.markers == single.results.markers
+    one = single.summary.quality.check_counterfactual(setup.engine, 4)
+    other = merged.summary.quality.check_counterfactual(setup.engine, 4)
+    assert one.sample_images == COUNTERFACTUAL_IMAGES
+    assert [c.images for c in other.classes] == [c.images for c in one.classes]
+    assert sum(c.images for c in one.classes) == COUNTERFACTUAL_IMAGES
+    for mine, theirs in zip(one.classes, other.classes, strict=True):
+        for a, b in zip(mine.conditions, theirs.conditions, strict=True):
+            # Probabilities equal to float32 rounding (parts batch differently, see above).
+            assert (a.flip_rate, a.control_flip_rate) == (b.flip_rate, b.control_flip_rate)
+            assert a.drop == pytest.approx(b.drop, abs=1e-5)
+            assert a.flagged == b.flagged

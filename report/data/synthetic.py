@@ -86,7 +86,8 @@ def label_of(index: int) -> int:
 
 
 def generate(
-    index: int, seed: int = 0, size: int = IMAGE_SIZE, confounded: bool = False
+    index: int, seed: int = 0, size: int = IMAGE_SIZE, confounded: bool = False,
+    confound: "Confound | None" = None,
 ) -> SyntheticImage:
     """The index-th image of the data set named by seed: same arguments, same pixels.
 
@@ -94,7 +95,13 @@ def generate(
     (see MARKER_RATE), and draws COVID-19 opacities fainter (CONFOUNDED_LESION_SCALE): the
     tag becomes the easier cue, as the source hospital was for the real COVID-19 classifiers
     of DeGrave et al. (2021). Everything else is pixel for pixel the clean film.
+
+    `confound` (implies `confounded`) chooses another burned-in marker: its kind, position,
+    size, rates per class and the lesion scale of the class it favours (see `Confound`).
     """
+    if confound is not None:
+        confound.validate()
+        confounded = True
     if index < 0 or seed < 0:
         raise ValueError("index and seed must be non-negative")
     if size < 16:
@@ -107,13 +114,15 @@ def generate(
     anatomy = _sample_anatomy(rng)
     lungs = _lung_fields(anatomy)
     lesion, lesion_mask = _lesion(label, lungs, rng)
-    if confounded and label == 0:
-        lesion = lesion * CONFOUNDED_LESION_SCALE
+    if confounded and label == (confound or DEFAULT_CONFOUND).favoured:
+        lesion = lesion * (confound or DEFAULT_CONFOUND).lesion_scale
     density = _chest_density(anatomy, lungs, lesion, rng) + lesion
 
     density, lung_mask, lesion_mask = _reposition(density, lungs > 0.5, lesion_mask, size, rng)
     gray = _expose(density, rng)
-    marker_mask = _burn_in_marker(gray, label, seed, index) if confounded else None
+    marker_mask = None
+    if confounded:
+        marker_mask = burn_in(gray, label, seed, index, confound or DEFAULT_CONFOUND)
     return SyntheticImage(
         image=np.repeat(gray[:, :, None], 3, axis=2),
         label=label,
@@ -128,6 +137,130 @@ def generate(
 MARKER_RATE = {0: 0.95, 1: 0.05, 2: 0.05}
 MARKER_TEXTS = ("PORTABLE", "AP SUPINE", "ICU-3")
 CONFOUNDED_LESION_SCALE = 0.12
+
+# Parametrised confounds (`Confound`), for tests that must catch markers of any kind and place.
+MARKER_KINDS = ("text", "block", "ruler")
+# The corners, the edges' midpoints (the bottom one is the bottom centre) and "top-corner":
+# either top corner at random, the original tag's place.
+MARKER_POSITIONS = ("top-left", "top-right", "bottom-left", "bottom-right",
+                    "top", "left", "right", "bottom", "top-corner")
+MARKER_BRIGHTNESS = 255  # burned-in content is drawn at least this bright (of 255)
+_MARKER_MARGIN = 0.03  # gap between a marker and the film's edge, relative to the side
+
+
+@dataclass(frozen=True)
+class Confound:
+    """A burned-in marker that predicts one class.
+
+    kind: "text" (a word), "block" (a filled square) or "ruler" (a bar with ticks, along the
+    nearest edge). position: one of MARKER_POSITIONS. size: the marker's longer side as a share
+    of the image side; None for the original tag's font size (text only). rates: per class,
+    the chance a film carries the marker. favoured: the class whose lesions are drawn
+    `lesion_scale` times as dense, so the marker is the easier cue for it.
+    """
+
+    kind: str = "text"
+    position: str = "top-corner"
+    size: float | None = None
+    rates: tuple[float, ...] = tuple(MARKER_RATE[c] for c in range(len(CLASS_NAMES)))
+    favoured: int = COVID
+    lesion_scale: float = CONFOUNDED_LESION_SCALE
+
+    def validate(self) -> None:
+        if self.kind not in MARKER_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(MARKER_KINDS)}, got {self.kind!r}")
+        if self.position not in MARKER_POSITIONS:
+            raise ValueError(f"position must be one of {', '.join(MARKER_POSITIONS)}, "
+                             f"got {self.position!r}")
+        if self.size is None and self.kind != "text":
+            raise ValueError(f"a {self.kind} marker needs a size")
+        if self.size is not None and not 0 < self.size <= 0.5:
+            raise ValueError(f"size must be in (0, 0.5], got {self.size}")
+        if len(self.rates) != len(CLASS_NAMES) or not all(0 <= r <= 1 for r in self.rates):
+            raise ValueError("rates needs one chance in [0, 1] per class")
+        if self.favoured not in range(len(CLASS_NAMES)):
+            raise ValueError(f"favoured must be a class index, got {self.favoured}")
+
+
+DEFAULT_CONFOUND = Confound()
+
+
+def burn_in(gray: np.ndarray, label: int, seed: int, index: int,
+            confound: Confound = DEFAULT_CONFOUND) -> np.ndarray:
+    """Burn the confound's marker into an exposed film, in place, when the film's class draws
+    it; returns where it is (bool). The default confound is the original tag, unchanged."""
+    if confound == DEFAULT_CONFOUND:
+        return _burn_in_marker(gray, label, seed, index)
+    # Its own random stream (as the original tag's) keeps the film identical to the clean one.
+    rng = np.random.default_rng([seed, index, 7])
+    mask = np.zeros(gray.shape, dtype=np.uint8)
+    if rng.random() >= confound.rates[label]:
+        return mask.astype(bool)
+    _DRAWERS[confound.kind](mask, confound, rng)
+    gray[mask > 0] = np.maximum(gray[mask > 0], MARKER_BRIGHTNESS)
+    return mask > 0
+
+
+def _marker_origin(side: int, width: int, height: int, position: str,
+                   rng: np.random.Generator) -> tuple[int, int]:
+    """Top-left pixel of a width x height marker at `position` on a side x side film."""
+    if position == "top-corner":
+        position = "top-left" if rng.random() < 0.5 else "top-right"
+    margin = round(side * _MARKER_MARGIN)
+    x = {"left": margin, "right": side - margin - width}
+    y = {"top": margin, "bottom": side - margin - height}
+    parts = position.split("-")
+    if len(parts) == 2:  # a corner
+        return x[parts[1]], y[parts[0]]
+    if position in ("top", "bottom"):
+        return (side - width) // 2, y[position]
+    return x[position], (side - height) // 2
+
+
+def _draw_block(mask: np.ndarray, confound: Confound, rng: np.random.Generator) -> None:
+    side = mask.shape[0]
+    length = max(2, round(confound.size * side))
+    x, y = _marker_origin(side, length, length, confound.position, rng)
+    mask[y : y + length, x : x + length] = 1
+
+
+def _draw_ruler(mask: np.ndarray, confound: Confound, rng: np.random.Generator) -> None:
+    """A bar along the nearest edge with a tick every eighth of its length."""
+    side = mask.shape[0]
+    length = max(8, round(confound.size * side))
+    thickness = max(1, round(length / 12))
+    tick = 2 * thickness + 1
+    vertical = confound.position in ("left", "right")
+    width, height = (tick, length) if vertical else (length, tick)
+    x, y = _marker_origin(side, width, height, confound.position, rng)
+    ruler = np.zeros((tick, length), np.uint8)
+    ruler[:thickness] = 1
+    ruler[:, np.round(np.linspace(0, length - 1, 9)).astype(int)] = 1
+    if confound.position.startswith("bottom"):
+        ruler = ruler[::-1]  # ticks point into the film
+    if vertical:
+        ruler = ruler.T if confound.position == "left" else ruler.T[:, ::-1]
+    mask[y : y + height, x : x + width] = ruler
+
+
+def _draw_text(mask: np.ndarray, confound: Confound, rng: np.random.Generator) -> None:
+    """A word, written at a legible font size and shrunk to the marker's size: the Hershey
+    font drawn directly at a few pixels' height loses its strokes."""
+    side = mask.shape[0]
+    text = MARKER_TEXTS[rng.integers(len(MARKER_TEXTS))]
+    font, thickness = cv2.FONT_HERSHEY_SIMPLEX, 2
+    (unit_width, unit_height), baseline = cv2.getTextSize(text, font, 1.0, thickness)
+    word = np.zeros((unit_height + baseline + 2, unit_width + 2), np.uint8)
+    cv2.putText(word, text, (1, unit_height + 1), font, 1.0, 255, thickness, cv2.LINE_AA)
+    scale = 1 / 600 if confound.size is None else confound.size / unit_width
+    width = max(2, round(word.shape[1] * scale * side))
+    height = max(2, round(word.shape[0] * scale * side))
+    small = cv2.resize(word, (width, height), interpolation=cv2.INTER_AREA) >= 80
+    x, y = _marker_origin(side, width, height, confound.position, rng)
+    mask[y : y + height, x : x + width] = small
+
+
+_DRAWERS = {"block": _draw_block, "ruler": _draw_ruler, "text": _draw_text}
 
 
 def _burn_in_marker(gray: np.ndarray, label: int, seed: int, index: int) -> np.ndarray:

@@ -202,3 +202,108 @@ def test_lung_mask_is_aligned_with_the_lung_edges_in_the_image():
 def test_rejects_invalid_arguments(index, seed, size):
     with pytest.raises(ValueError):
         generate(index, seed, size)
+
+
+# --- confounded variants ----------------------------------------------------------------------
+
+
+def _digest(confounded: bool) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for index in range(6):
+        for size in (64, 237):
+            case = generate(index, 2, size, confounded)
+            for array in (case.image, case.lesion_mask, case.lung_mask, case.marker_mask):
+                if array is not None:
+                    digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def test_clean_and_original_confounded_films_stay_byte_identical():
+    """Digests of the generator as it was before markers were parametrised."""
+    assert _digest(False) == "a6c1acac284bf88d131832b69c708ca77e7a9c35f05c68325514785203663036"
+    assert _digest(True) == "47a19206ffe75687cc93ef1e957b99b591ef43f18f35fc00ccc52e6012522001"
+
+
+def test_the_default_confound_is_the_original_tag():
+    from report.data.synthetic import DEFAULT_CONFOUND
+
+    for index in range(4):
+        a, b = generate(index, 1, 100, confounded=True), generate(index, 1, 100,
+                                                                   confound=DEFAULT_CONFOUND)
+        assert np.array_equal(a.image, b.image) and np.array_equal(a.marker_mask, b.marker_mask)
+
+
+_EXPECTED_PLACE = {  # (rows, columns) thirds of the film the marker lies in
+    "top-left": (0, 0), "top-right": (0, 2), "bottom-left": (2, 0), "bottom-right": (2, 2),
+    "top": (0, 1), "bottom": (2, 1), "left": (1, 0), "right": (1, 2),
+}
+
+
+@pytest.mark.parametrize("kind", ["block", "text", "ruler"])
+@pytest.mark.parametrize("position", list(_EXPECTED_PLACE))
+def test_each_marker_is_drawn_bright_where_asked_and_nothing_else_changes(kind, position):
+    from report.data.synthetic import MARKER_BRIGHTNESS, Confound
+
+    size = 96
+    confound = Confound(kind, position, 0.2)
+    unmarked = Confound(kind, position, 0.2, rates=(0.0, 0.0, 0.0))
+    case, plain = generate(0, 0, size, confound=confound), generate(0, 0, size, confound=unmarked)
+    mask = case.marker_mask
+    assert mask.any() and not plain.marker_mask.any()
+    assert (case.image[mask] >= MARKER_BRIGHTNESS).all()
+    assert np.array_equal(case.image[~mask], plain.image[~mask])
+    rows, cols = np.nonzero(mask)
+    assert (int(rows.mean() * 3 // size), int(cols.mean() * 3 // size)) == _EXPECTED_PLACE[position]
+    assert max(np.ptp(rows), np.ptp(cols)) + 1 == pytest.approx(0.2 * size, abs=2)
+
+
+@pytest.mark.parametrize("kind", ["block", "text", "ruler"])
+def test_a_bigger_marker_covers_more(kind):
+    from report.data.synthetic import Confound
+
+    areas = [generate(0, 0, 128, confound=Confound(kind, "top-left", s)).marker_mask.sum()
+             for s in (0.1, 0.2, 0.35)]
+    assert areas[0] < areas[1] < areas[2]
+
+
+def test_markers_follow_the_rates_and_only_the_favoured_class_gets_faint_lesions():
+    from report.data.synthetic import Confound
+
+    confound = Confound("block", "bottom", 0.1, rates=(0.9, 0.1, 0.0), favoured=OTHER)
+    cases = [generate(i, 0, 48, confound=confound) for i in range(120)]
+    marked = np.array([case.marker_mask.any() for case in cases])
+    labels = np.array([case.label for case in cases])
+    assert marked[labels == COVID].mean() > 0.75 and marked[labels == OTHER].sum() == 0
+    assert 0 < marked[labels == NORMAL].sum() < 10
+    # The favoured class (here OTHER_INFECTION) is the one drawn with fainter lesions.
+    clean, faint = _sample(OTHER, 0, 48), generate(OTHER, 0, 48, confound=confound)
+    covid, same = _sample(COVID, 0, 48), generate(COVID, 0, 48, confound=Confound(
+        "block", "bottom", 0.1, rates=(0.0, 0.0, 0.0), favoured=OTHER))
+    assert not np.array_equal(clean.image, faint.image)
+    assert np.array_equal(covid.image, same.image)
+
+
+def test_burning_in_a_marker_after_the_fact_matches_generating_it():
+    from report.data.synthetic import Confound, burn_in
+
+    confound = Confound("ruler", "left", 0.3)
+    plain = generate(3, 4, 64, confound=Confound("block", "top", 0.1, rates=(0.0, 0.0, 0.0)))
+    gray = plain.image[..., 0].copy()
+    mask = burn_in(gray, plain.label, 4, 3, confound)
+    direct = generate(3, 4, 64, confound=confound)
+    assert np.array_equal(gray, direct.image[..., 0]) and np.array_equal(mask, direct.marker_mask)
+
+
+@pytest.mark.parametrize("arguments", [
+    dict(kind="stamp", size=0.1), dict(position="centre", size=0.1, kind="block"),
+    dict(kind="block"), dict(kind="ruler", size=0.0), dict(kind="block", size=0.6),
+    dict(kind="block", size=0.1, rates=(0.5, 0.5)),
+    dict(kind="block", size=0.1, rates=(1.5, 0.0, 0.0)), dict(kind="block", size=0.1, favoured=3),
+])
+def test_a_confound_that_cannot_be_drawn_is_refused(arguments):
+    from report.data.synthetic import Confound
+
+    with pytest.raises(ValueError):
+        generate(0, confound=Confound(**arguments))
