@@ -21,10 +21,10 @@ from report.errors import UserError
 DEFAULT_SCALE = 1 / 255
 COLORS = ("rgb", "grayscale")
 CHANNELS = {"rgb": 3, "grayscale": 1}
-# The largest side, in pixels, an input may have: 4096 x 4096 RGB is 200 MB per float32 image,
-# already more than any chest X-ray classifier takes; a larger declared size is a mistake or
-# an attempt to exhaust memory.
-MAX_IMAGE_SIDE = 4096
+# The largest side, in pixels, an input may have, as `train`'s --image-size: 2048 x 2048 RGB
+# is 50 MB per float32 image (1.6 GB for a batch of 32), already more than chest X-ray
+# classifiers take; a larger declared size is a mistake or an attempt to exhaust memory.
+MAX_IMAGE_SIDE = 2048
 # Class names become table cells, figure labels, file and metric names: longer ones are not
 # names but sentences (or an attack on the layout).
 MAX_CLASS_NAME_LENGTH = 100
