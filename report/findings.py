@@ -342,7 +342,7 @@ def _p_phrase(p: float) -> str:
 def _p_value(p: float) -> str:
     if not np.isfinite(p):
         return "—"
-    return "< 0.001" if p < 0.001 else decimal(p, 3)
+    return "< " + decimal(0.001, 3) if p < 0.001 else decimal(p, 3)
 
 
 def _as_written(threshold: float) -> str:
@@ -623,18 +623,22 @@ def _shortcut_reading(results: QualityResults, random_border: float) -> str:
 def _effect_table(results: QualityResults, verdicts: dict[int, ShortcutVerdict]) -> Table:
     """What happens when everything outside the lungs (or the border) is hidden, per class
     predicted on the sample: at most MAX_CLASSES_SHOWN classes, those with the most films."""
-    effects = sorted(results.counterfactual.classes, key=lambda e: (-e.images, e.index))
+    # Flagged classes first, then those with the most films: what a reviewer must see first.
+    effects = sorted(results.counterfactual.classes,
+                     key=lambda e: (not e.flagged, -e.images, e.index))
     rows = []
     for effect in effects[:MAX_CLASSES_SHOWN]:
         if not effect.tested:
-            rows.append([effect.class_name, number(effect.images), "—", "—", "—", "—", "—",
+            rows.append([effect.class_name, number(effect.images), "—", "—", "—", "—",
                          _("too few films")])
             continue
         for condition in effect.conditions:
             rows.append([
                 effect.class_name, number(effect.images),
                 _(REGION_SHORT_NAMES[condition.condition]),
-                percent(condition.flip_rate, 0), percent(condition.control_flip_rate, 0),
+                _("%(changed)s (%(control)s)") % {
+                    "changed": percent(condition.flip_rate, 0),
+                    "control": percent(condition.control_flip_rate, 0)},
                 _("%(estimate)s (%(low)s to %(high)s)") % {
                     "estimate": _signed_points(condition.flip_effect.estimate),
                     "low": _signed_points(condition.flip_effect.low),
@@ -642,9 +646,10 @@ def _effect_table(results: QualityResults, verdicts: dict[int, ShortcutVerdict])
                 _("%(drop)s (%(control)s)") % {"drop": decimal(condition.drop, 2),
                                               "control": decimal(condition.control_drop, 2)},
                 _("yes") if condition.flagged else _("no")])
-    return Table([_("Class (predicted)"), _("Films"), _("Hidden"), _("Predictions changed"),
-                  _("Control"), _("Difference (95% CI)"), _("Probability drop (control)"),
-                  _("Flagged")], rows)
+    return Table([_("Class (predicted)"), _("Films"), _("Hidden"),
+                  _("Predictions changed (control)"), _("Difference (95% CI)"),
+                  _("Probability drop (control)"), _("Flagged")], rows,
+                 title=_("What happens when everything outside the lungs is hidden"))
 
 
 def _signed_points(share: float) -> str:
@@ -677,7 +682,8 @@ def _location_table(results: QualityResults, verdicts: dict[int, ShortcutVerdict
     rows.append([_("random maps"), decimal(np.nanmean(short.array("random border")), 2),
                  decimal(np.nanmean(short.array("random outside_lungs")), 2), ""])
     return Table([_("Class (true)"), _("Salient map in border"), _("Outside lungs"),
-                  _("Past location thresholds")], rows)
+                  _("Past location thresholds")], rows,
+                 title=_("Where the salient map lies (supporting evidence)"))
 
 
 def _marker_table(results: QualityResults) -> Table:
@@ -687,7 +693,8 @@ def _marker_table(results: QualityResults) -> Table:
              percent(c.rest_prevalence, 0), _p_value(c.p_value),
              _("yes") if c.warned else _("no")] for c in classes]
     return Table([_("Class (true)"), _("Films"), _("With burned-in markers"),
-                  _("Other classes"), _("p (Fisher)"), _("Warning")], rows)
+                  _("Other classes"), _("p (Fisher)"), _("Warning")], rows,
+                 title=_("Burned-in markers per class (found without the model)"))
 
 
 def _hidden_figures(results: QualityResults) -> list[Figure]:

@@ -88,6 +88,7 @@ class Figure:
 class Table:
     headers: list[str]
     rows: list[list[str]]  # already formatted; first column left-aligned, the others right
+    title: str = ""  # shown above the table where a section has several
 
     def __post_init__(self) -> None:
         for number, row in enumerate(self.rows, start=1):
