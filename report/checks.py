@@ -90,7 +90,7 @@ class QualityPlan:
 
     @property
     def sample_images(self) -> int:
-        """Images the sample keeps: the first ones by position serve every sample check
+        """Images the sample keeps: those of smallest `sample_rank` serve every sample check
         (faithfulness, sanity, baselines and robustness take the first of them)."""
         if not self.explanation_metrics:
             return 0
@@ -207,15 +207,17 @@ class _SampleImage:
     lesion_mask: np.ndarray | None = None
     lung_mask: np.ndarray | None = None
     probabilities: np.ndarray | None = None  # the model's outputs for model_input
+    marked: bool = False  # a burned-in marker was found on it (marker_audit)
 
 
 class QualityAccumulator:
     """The streaming side of the trust checks.
 
     Every per-image value is kept with the image's position in the full record list and read
-    back in that order, sums and counts add, and the sample is the plan's N images with the
-    smallest positions. So accumulators of any split of the records merge (`merge`) into the
-    one a single pass would give, whatever the order of merging.
+    back in that order, sums and counts add, and the sample is the plan's N images of
+    smallest `sample_rank` (a fixed shuffle of the positions). So accumulators of any split
+    of the records merge (`merge`) into the one a single pass would give, whatever the order
+    of merging.
     """
 
     def __init__(self, plan: QualityPlan, class_names: tuple[str, ...],
@@ -232,10 +234,11 @@ class QualityAccumulator:
         self.localisation = MapScores()
         self.shortcut = MapScores()
         self._lung_masks_seen = self._lungs_estimated = 0
-        self._sums = {kind: np.zeros((len(class_names), *image_size)) for kind in ("true",
-                                                                                  "predicted")}
+        # Class index -> summed map, made when a class first has an image: a model with
+        # 1,000 classes would otherwise hold (and merge) 1,000 maps per kind, mostly zeros.
+        self._sums: dict[str, dict[int, np.ndarray]] = {"true": {}, "predicted": {}}
         self._counts = {kind: np.zeros(len(class_names)) for kind in ("true", "predicted")}
-        self._sample: list[_SampleImage] = []  # sorted by position, at most the plan's size
+        self._sample: list[_SampleImage] = []  # sorted by sample_rank, at most the plan's size
         self._markers = marker_audit.MarkerCounts(tuple(class_names))
         self._border = measures.border_band(image_size)
         self._estimated_lungs = measures.estimated_lung_fields(image_size)
@@ -322,13 +325,15 @@ class QualityAccumulator:
         for kind, classes in (("true", true), ("predicted", np.asarray(predicted))):
             for index in np.unique(classes[classes >= 0]):
                 chosen = classes == index
-                self._sums[kind][index] += shown[chosen].sum(axis=0, dtype=np.float64)
+                total = shown[chosen].sum(axis=0, dtype=np.float64)
+                sums = self._sums[kind]
+                sums[int(index)] = sums[int(index)] + total if int(index) in sums else total
                 self._counts[kind][index] += int(chosen.sum())
 
     def keep_sample(self, positions, labels, predicted, model_inputs, maps, images=None,
                     probabilities=None) -> None:
-        """Keep the plan's N images (`QualityPlan.sample_images`) with the smallest
-        positions, whatever order they come in, with their masks (`images`: the decoded
+        """Keep the plan's N images (`QualityPlan.sample_images`) of smallest `sample_rank`,
+        whatever order they come in, with their masks (`images`: the decoded
         images, when there are any to keep) and the model's `probabilities` (the
         counterfactual test then needs no pass over the originals). Copies, so that a kept
         image does not hold its whole batch in memory."""
@@ -336,16 +341,17 @@ class QualityAccumulator:
             _SampleImage(position, np.array(model_inputs[i]), np.array(maps[i]),
                          int(predicted[i]), -1 if labels[i] is None else labels[i],
                          *(_masks_of(images[i]) if images is not None else (None, None)),
-                         None if probabilities is None else np.array(probabilities[i]))
+                         None if probabilities is None else np.array(probabilities[i]),
+                         images is not None and marker_audit.detect(images[i].pixels).found)
             for i, position in enumerate(positions) if self._may_enter_sample(position)
         ]
-        self._sample = _first_by_position(self._sample + entering, self.plan.sample_images)
+        self._sample = _first_by_rank(self._sample + entering, self.plan.sample_images)
 
     def _may_enter_sample(self, position: int) -> bool:
         if not self.plan.sample_images:
             return False
         full = len(self._sample) >= self.plan.sample_images
-        return not full or position < self._sample[-1].position
+        return not full or sample_rank(position) < sample_rank(self._sample[-1].position)
 
     @property
     def sample_positions(self) -> list[int]:
@@ -368,11 +374,11 @@ class QualityAccumulator:
         merged.shortcut = self.shortcut.merge(other.shortcut)
         merged._lung_masks_seen = self._lung_masks_seen + other._lung_masks_seen
         merged._lungs_estimated = self._lungs_estimated + other._lungs_estimated
-        merged._sums = {kind: self._sums[kind] + other._sums[kind] for kind in self._sums}
+        merged._sums = {kind: _add_sums(self._sums[kind], other._sums[kind])
+                        for kind in self._sums}
         merged._counts = {kind: self._counts[kind] + other._counts[kind]
                           for kind in self._counts}
-        merged._sample = _first_by_position(self._sample + other._sample,
-                                            self.plan.sample_images)
+        merged._sample = _first_by_rank(self._sample + other._sample, self.plan.sample_images)
         merged._markers = self._markers.merge(other._markers)
         merged._next_position = max(self._next_position, other._next_position)
         return merged
@@ -458,7 +464,8 @@ class QualityAccumulator:
             engine.predict, np.stack([image.model_input for image in sample]), lungs,
             self.class_names, probabilities, lungs_estimated=estimated,
             seed=COUNTERFACTUAL_SEED, resamples=self.plan.counterfactual_resamples,
-            batch_size=batch_size, sample_images=count)
+            batch_size=batch_size, sample_images=count,
+            unmarked=np.array([not image.marked for image in sample]))
 
     def check_shortcut_effect(self, engine, batch_size: int, examples: int = HIDDEN_EXAMPLES
                               ) -> tuple[CounterfactualResult | None, list[HiddenExample]]:
@@ -486,7 +493,8 @@ class QualityAccumulator:
         lungs, _ = counterfactual.lung_fields([image.lung_mask for image in chosen],
                                               self.image_size)
         reference = counterfactual.reference_film(
-            np.stack([image.model_input for image in sample]))
+            np.stack([image.model_input for image in sample]),
+            np.array([not image.marked for image in sample]))
         regions = counterfactual.hidden_regions(lungs)
         filled = {name: counterfactual.neutral_fill(inputs, regions[name][0], reference)
                   for name in counterfactual.CONDITIONS}
@@ -521,8 +529,8 @@ class QualityAccumulator:
     def _mean_maps(self) -> dict[str, dict[str, np.ndarray]]:
         return {
             kind: {
-                name: self._sums[kind][i] / self._counts[kind][i]
-                for i, name in enumerate(self.class_names) if self._counts[kind][i]
+                self.class_names[i]: self._sums[kind][i] / self._counts[kind][i]
+                for i in sorted(self._sums[kind]) if self._counts[kind][i]
             }
             for kind in ("true", "predicted")
         }
@@ -541,8 +549,23 @@ def _masks_of(image) -> tuple[np.ndarray | None, np.ndarray | None]:
                  for mask in (image.lesion_mask, image.lung_mask))
 
 
-def _first_by_position(images: list[_SampleImage], count: int) -> list[_SampleImage]:
-    return sorted(images, key=lambda image: image.position)[:count]
+def _add_sums(first: dict[int, np.ndarray], second: dict[int, np.ndarray]
+              ) -> dict[int, np.ndarray]:
+    return {index: first[index] + second[index] if index in first and index in second
+            else first.get(index, second.get(index)) for index in {*first, *second}}
+
+
+def sample_rank(position: int) -> int:
+    """Where the image at `position` comes in the sample's order: Knuth's multiplicative hash,
+    a fixed shuffle of the positions. The sample is the images of smallest rank, so it is
+    spread over the whole run (a folder per class lists one class after another: the first N
+    images would all be of one class), and the same whatever the order of the batches or
+    the partitioning."""
+    return (int(position) * 2654435761) % 2**32
+
+
+def _first_by_rank(images: list[_SampleImage], count: int) -> list[_SampleImage]:
+    return sorted(images, key=lambda image: sample_rank(image.position))[:count]
 
 
 # --- the class-level shortcut verdict -------------------------------------------------------

@@ -166,29 +166,35 @@ def measure(loaded, source, values, engine, streamed, skipped, data_label,
         threadpool_limits(limits=1, user_api="blas"),  # no third pool of spinning threads
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="sample-checks") as pool,
     ):
-        # The sample checks are TensorFlow work that releases the GIL; the figures are
-        # Matplotlib work that holds it. So each section is drawn while the next check runs.
-        # First: the sanity check, later on this one thread, changes the model's weights.
-        effect = pool.submit(streamed.timed, quality.check_shortcut_effect, engine, batch_size)
-        faithful = pool.submit(streamed.timed, quality.check_faithfulness, engine, batch_size)
-        sane = pool.submit(streamed.timed, quality.check_sanity, engine)
-        roc, calibration = _roc_and_calibration(results)
-        shown = findings.shown_classes(results)  # measures.MAX_CLASSES_SHOWN of them at most
-        classification_figures = findings.classification_figures(roc, calibration, shown)
-        built = {"localisation": findings.section("localisation", results, n_flagged)}
-        results.counterfactual, results.hidden_examples = effect.result()
-        built["shortcuts"] = findings.section("shortcuts", results, n_flagged)
-        results.faithfulness = faithful.result()
-        built["faithfulness"] = findings.section("faithfulness", results, n_flagged)
-        results.sanity = sane.result()
-        # quality=full only (None otherwise): after the sanity check, which they build on,
-        # on the same one-thread pool, since the sanity check changes the model's weights.
-        against = pool.submit(streamed.timed, quality.check_baselines, engine, batch_size,
-                              results.sanity)
-        stable = pool.submit(streamed.timed, quality.check_robustness, engine, batch_size)
-        results.baselines, results.robustness = against.result(), stable.result()
-        for name in ("baselines", "robustness"):
-            built[name] = findings.section(name, results, n_flagged)
+        try:
+            # The sample checks are TensorFlow work that releases the GIL; the figures are
+            # Matplotlib work that holds it. So each section is drawn while the next check runs.
+            # First: the sanity check, later on this one thread, changes the model's weights.
+            effect = pool.submit(streamed.timed, quality.check_shortcut_effect, engine, batch_size)
+            faithful = pool.submit(streamed.timed, quality.check_faithfulness, engine, batch_size)
+            sane = pool.submit(streamed.timed, quality.check_sanity, engine)
+            roc, calibration = _roc_and_calibration(results)
+            shown = findings.shown_classes(results)  # measures.MAX_CLASSES_SHOWN of them at most
+            classification_figures = findings.classification_figures(roc, calibration, shown)
+            built = {"localisation": findings.section("localisation", results, n_flagged)}
+            results.counterfactual, results.hidden_examples = effect.result()
+            built["shortcuts"] = findings.section("shortcuts", results, n_flagged)
+            results.faithfulness = faithful.result()
+            built["faithfulness"] = findings.section("faithfulness", results, n_flagged)
+            results.sanity = sane.result()
+            # quality=full only (None otherwise): after the sanity check, which they build on,
+            # on the same one-thread pool, since the sanity check changes the model's weights.
+            against = pool.submit(streamed.timed, quality.check_baselines, engine, batch_size,
+                                  results.sanity)
+            stable = pool.submit(streamed.timed, quality.check_robustness, engine, batch_size)
+            results.baselines, results.robustness = against.result(), stable.result()
+            for name in ("baselines", "robustness"):
+                built[name] = findings.section(name, results, n_flagged)
+        except BaseException:
+            # A signal or a failure while a check runs: the checks still queued are dropped
+            # (leaving the block would otherwise run every one of them first).
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     y_true, y_pred = results.y_true, results.y_pred
     scores = measures.classification_quality(np.asarray(y_true), np.asarray(y_pred),
                                              class_names)

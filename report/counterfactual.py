@@ -113,10 +113,16 @@ def _smooth_correction(difference, keep, sigma, prior, factor) -> np.ndarray:
     return correction.reshape(height, width, -1)
 
 
-def reference_film(images: np.ndarray) -> np.ndarray:
+def reference_film(images: np.ndarray, usable: np.ndarray | None = None) -> np.ndarray:
     """(H, W, C) per-pixel median of the sample's films: a typical film, without what only a
-    minority of films carry at a place (a marker on fewer than half of them)."""
-    return np.median(np.asarray(images, np.float32), axis=0)
+    minority of films carry at a place (a marker on fewer than half of them). `usable`
+    (bool per film): the films to take it from, those without a burned-in marker
+    (marker_audit), when at least MIN_IMAGES are; a marker on most of the sample would
+    otherwise be part of the median and painted back into every hole."""
+    images = np.asarray(images, np.float32)
+    if usable is not None and np.count_nonzero(usable) >= MIN_IMAGES:
+        images = images[np.asarray(usable, bool)]
+    return np.median(images, axis=0)
 
 
 def _gaussian(plane: np.ndarray, sigma: float) -> np.ndarray:
@@ -262,7 +268,8 @@ def counterfactual_test(predict: Callable[[np.ndarray], np.ndarray], inputs: np.
                         probabilities: np.ndarray | None = None, *, lungs_estimated: int = 0,
                         seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES,
                         batch_size: int = 32, threshold: float = FLIP_EFFECT_FLAG,
-                        sample_images: int = SAMPLE_IMAGES) -> CounterfactualResult:
+                        sample_images: int = SAMPLE_IMAGES,
+                        unmarked: np.ndarray | None = None) -> CounterfactualResult:
     """Per class c, over the films the model predicts as c (argmax of `probabilities`, the
     model's outputs for `inputs`; predicted here when None):
 
@@ -276,7 +283,9 @@ def counterfactual_test(predict: Callable[[np.ndarray], np.ndarray], inputs: np.
 
     `predict`: (N, H, W, C) model inputs -> (N, classes) probabilities (an engine's
     `predict`). `inputs`: the sample's model inputs (at most `sample_images` are used, the
-    first ones). `lungs`: (N, H, W) bool lung fields (`lung_fields`). Deterministic for a seed.
+    first ones). `lungs`: (N, H, W) bool lung fields (`lung_fields`). `unmarked`: (N,) bool,
+    the films without a burned-in marker, from which the fill's reference film is taken
+    (`reference_film`). Deterministic for a seed.
     """
     inputs = np.asarray(inputs, np.float32)[:sample_images]
     lungs = np.asarray(lungs, bool)[: len(inputs)]
@@ -284,7 +293,8 @@ def counterfactual_test(predict: Callable[[np.ndarray], np.ndarray], inputs: np.
         probabilities = _predict_in_batches(predict, inputs, batch_size)
     probabilities = np.asarray(probabilities, float)[: len(inputs)]
     predicted = probabilities.argmax(axis=1)
-    reference = reference_film(inputs)
+    reference = reference_film(inputs, None if unmarked is None
+                               else np.asarray(unmarked, bool)[: len(inputs)])
     hidden = {}
     for name, (region, control) in hidden_regions(lungs).items():
         for key, mask in ((name, region), (f"{name} control", control)):

@@ -35,6 +35,8 @@ import cv2
 import numpy as np
 from scipy import stats
 
+from report.measures import MAX_CLASSES_SHOWN
+
 BRIGHT = 235  # near-saturated, of 255
 EDGE_ZONE = 0.15  # share of the shorter side, from every edge, where markers are looked for
 MIN_PIXELS = 12  # below this, bright specks of bone and noise at small input sizes
@@ -191,9 +193,10 @@ class MarkerAuditResult:
     def metrics(self) -> dict[str, float]:
         values = {"markers.films": float(self.films), "markers.marked": float(self.marked),
                   "markers.warned_classes": float(len(self.warned_classes))}
-        for c in self.classes:
-            if c.films:  # a prevalence per class with films: bounded by the data, not the model
-                values[f"markers.prevalence.{c.class_name}"] = c.prevalence
+        # Per class, as every per-class metric: the MAX_CLASSES_SHOWN with the most films.
+        with_films = sorted((c for c in self.classes if c.films), key=lambda c: -c.films)
+        for c in with_films[:MAX_CLASSES_SHOWN]:
+            values[f"markers.prevalence.{c.class_name}"] = c.prevalence
         return values
 
 
@@ -267,3 +270,24 @@ def _chi_square_p(films: np.ndarray, marked: np.ndarray) -> float:
     if present.sum() < 2 or (table.sum(axis=1) == 0).any():
         return float("nan")
     return float(stats.chi2_contingency(table).pvalue)
+
+
+def audit_films(pixels: np.ndarray, labels: Sequence[int], class_names: Sequence[str]
+                ) -> MarkerAuditResult:
+    """The audit of a whole set of films in memory (uint8 (N, H, W[, C])): what `train`
+    runs over its training data, before any model exists."""
+    counts = MarkerCounts(tuple(class_names))
+    counts.add(range(len(labels)), list(labels), detect_batch(pixels))
+    return counts.results()
+
+
+def warning(result: MarkerAuditResult) -> str | None:
+    """One line for a person about to train on these films, or None when no class is
+    warned about."""
+    warned = [c for c in result.classes if c.warned]
+    if not warned:
+        return None
+    named = "; ".join(f"{c.class_name} {c.prevalence:.0%} against {c.rest_prevalence:.0%} of "
+                      f"the other classes' films (p = {c.p_value:.2g})" for c in warned)
+    return (f"warning: burned-in markers are far more common in one class: {named}; a model "
+            "can learn the class from the markers (see the report's Shortcuts section)")

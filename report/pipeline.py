@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 from tqdm import tqdm
 
-from report import core, i18n, lifecycle, options, sinks, tracking
+from report import core, i18n, lifecycle, marker_audit, options, sinks, tracking
 from report.cam.engine import share_cores_with_workers
 from report.data import SYNTHETIC_NAMES, detect_layouts, open_source
 from report.data.batches import iter_batches
@@ -90,6 +90,10 @@ def train(values: dict) -> TrainResult:
     )
     x_train, y_train = _load_split(settings.data, metadata, "train")
     x_test, y_test = _load_split(settings.data, metadata, "test")
+    # Before any model exists: a data set whose markers tell the classes apart is said so.
+    markers = marker_audit.audit_films(x_train, y_train, metadata.class_names)
+    if marker_audit.warning(markers):
+        print(marker_audit.warning(markers), file=sys.stderr)
     keras.utils.set_random_seed(settings.seed)
     model = build_classifier(
         settings.backbone, len(metadata.class_names), metadata.image_size, weights=settings.weights
@@ -99,6 +103,7 @@ def train(values: dict) -> TrainResult:
         try:
             tracking.require_writable_artifact_store()  # before the training, not after it
             tracking.log_new_params(_train_params(settings, metadata, len(y_train)))
+            tracking.log_metrics(markers.metrics())  # markers.* of the training films
             model.fit(
                 preprocess(x_train, metadata),
                 y_train,

@@ -39,6 +39,7 @@ from pathlib import Path
 
 from report import i18n
 from report.artifacts import ArtifactWriter, write_predictions
+from report.checks import sample_rank
 from report.data.batches import iter_batches
 from report.data.records import Record, Skipped, UnreadableImage
 from report.errors import OptionError, UserError
@@ -278,13 +279,14 @@ def largest_map(frame, job: Job) -> float:
 
 
 def add_sample(summary: Summary, source, records, metadata, engine, batch_size: int) -> None:
-    """The trust checks' sample (the first explained images, as one local pass keeps it),
-    decoded and explained here: the tasks do not ship their candidates to the driver."""
+    """The trust checks' sample (the explained images of smallest `checks.sample_rank`, as
+    one local pass keeps it), decoded and explained here: the tasks do not ship their
+    candidates to the driver."""
     quality = summary.quality
     if not quality.plan.explanation_metrics:
         return
     explained = sorted(position for position, _ in summary.explained_records)
-    chosen = explained[: quality.plan.sample_images]
+    chosen = sorted(sorted(explained, key=sample_rank)[: quality.plan.sample_images])
     sample = [records[position] for position in chosen]
     for batch in iter_batches(source, sample, metadata.image_size, batch_size, [],
                               duplicates={}):

@@ -22,7 +22,17 @@ def in_ci() -> bool:
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
-    report = outcome.get_result()
+    _fail_a_skip(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """A whole module skipped while collected (`pytest.importorskip` at its top)."""
+    outcome = yield
+    _fail_a_skip(outcome.get_result())
+
+
+def _fail_a_skip(report) -> None:
     if not (report.skipped and in_ci()) or hasattr(report, "wasxfail"):
         return
     reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)

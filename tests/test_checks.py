@@ -247,6 +247,20 @@ def corner_stream(count: int, plan: QualityPlan, parts, keep_sample: bool = True
     return accumulators, films, labels
 
 
+def smallest_ranks(total: int, count: int) -> list[int]:
+    """The positions a sample of `count` out of `total` keeps, in its order (a slow
+    restatement of checks.sample_rank's rule: Knuth's multiplicative hash, smallest first)."""
+    return sorted(range(total), key=lambda p: (p * 2654435761) % 2**32)[:count]
+
+
+def test_the_sample_spreads_over_a_run_listed_class_by_class():
+    """A folder per class lists 100 films of one class, then 100 of the next: a sample of 48
+    must hold films of both, not the first 48 of the first class."""
+    kept = smallest_ranks(200, 48)
+    assert 15 < sum(p < 100 for p in kept) < 33
+    assert [checks.sample_rank(p) for p in kept] == sorted(checks.sample_rank(p) for p in kept)
+
+
 CORNER_PLAN = QualityPlan("fast", faithfulness_images=4, steps=2, sanity_images=2,
                           sanity_stages=1, counterfactual_images=30,
                           counterfactual_resamples=400)
@@ -254,13 +268,14 @@ CORNER_PLAN = QualityPlan("fast", faithfulness_images=4, steps=2, sanity_images=
 
 def test_check_counterfactual_flags_the_class_read_from_a_corner_and_no_other():
     (accumulator,), _, _ = corner_stream(45, CORNER_PLAN, [list(range(45))])
-    assert accumulator.counterfactual_positions == list(range(30))
-    assert accumulator.sample_positions == list(range(4))
+    assert accumulator.counterfactual_positions == smallest_ranks(45, 30)
+    assert accumulator.sample_positions == smallest_ranks(45, 4)
     result = accumulator.check_counterfactual(CornerReader(), batch_size=8)
     assert result.sample_images == 30 and result.resamples == 400
     assert result.lungs_estimated == 30  # no lung masks: the PA prior
     assert result.flagged_classes == ["marker"]
-    assert result.classes[0].images == 10
+    # Every third film carries the marker and is read as "marker".
+    assert result.classes[0].images == sum(p % 3 == 0 for p in smallest_ranks(45, 30))
     assert result.classes[0].condition("border").flip_rate == 1.0
 
 
@@ -284,9 +299,10 @@ def test_a_sample_added_without_probabilities_is_predicted_for_the_same_result()
     assert added.counterfactual_positions == []
     maps = np.zeros((36, CF_SIZE, CF_SIZE), np.float32)
     predicted = CornerReader().predict(films).argmax(axis=1)
+    decoded = [LoadedImage(marked_pixels(p), "d", None, None) for p in range(36)][::-1]
     added.keep_sample(list(range(36))[::-1], labels[::-1], predicted[::-1], films[::-1],
-                      maps)  # as a Spark driver may: no probabilities, in any order
-    assert added.counterfactual_positions == list(range(30))
+                      maps, decoded)  # as a Spark driver may: no probabilities, in any order
+    assert added.counterfactual_positions == smallest_ranks(36, 30)
     assert (added.check_counterfactual(CornerReader(), 8)
             == streamed.check_counterfactual(CornerReader(), 8))
 
@@ -368,11 +384,13 @@ def test_without_the_effect_test_the_location_thresholds_decide_as_before():
 def test_hidden_examples_show_the_films_the_test_filled_and_the_predictions_after():
     (accumulator,), films, _ = corner_stream(45, CORNER_PLAN, [list(range(45))])
     examples = accumulator.hidden_examples(CornerReader(), count=3, classes=[0])
-    assert [e.position for e in examples] == [0, 3, 6]  # the films predicted as class 0
+    # The first films of the sample (by rank) that are predicted as class 0 (every third).
+    expected = [p for p in smallest_ranks(45, 30) if p % 3 == 0][:3]
+    assert [e.position for e in examples] == expected
     first = examples[0]
-    np.testing.assert_array_equal(first.model_input, films[0])
+    np.testing.assert_array_equal(first.model_input, films[expected[0]])
     outside = first.hidden["outside_lungs"]
-    np.testing.assert_array_equal(outside[CF_LUNGS], films[0][CF_LUNGS])  # lungs kept
+    np.testing.assert_array_equal(outside[CF_LUNGS], films[expected[0]][CF_LUNGS])  # lungs kept
     assert outside[:6, :6].mean() < 0.6 < films[0][:6, :6].mean()  # the marker is gone
     assert first.probabilities.argmax() == 0
     assert first.hidden_probabilities["border"].argmax() != 0

@@ -33,6 +33,22 @@ def test_a_skip_fails_only_in_ci(pytester, monkeypatch, ci, failed, skipped):
         result.stdout.fnmatch_lines(["*skipped in CI*Chromium not found*"])
 
 
+@pytest.mark.parametrize(("ci", "failed"), [("true", 1), ("", 0)])
+def test_a_module_skipped_while_collected_fails_only_in_ci(pytester, monkeypatch, ci, failed):
+    monkeypatch.setenv("CI", ci)
+    pytester.makepyfile(test_needs_it="""
+import pytest
+pytest.importorskip("a_module_nobody_installed")
+
+def test_never_collected():
+    pass
+""")
+    result = pytester.runpytest("-p", "tests.ci_strict")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("errors", 0) + outcomes.get("failed", 0) == failed
+    assert outcomes.get("skipped", 0) == 1 - failed
+
+
 def run_script_without_apt(tmp_path: Path, ci: str) -> subprocess.CompletedProcess:
     """The script on a machine where apt-get cannot be found (an empty PATH)."""
     empty = tmp_path / "bin"

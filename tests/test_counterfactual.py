@@ -109,6 +109,24 @@ def test_the_reference_film_is_the_per_pixel_median():
     np.testing.assert_array_equal(cf.reference_film(images), np.arange(16).reshape(4, 4, 1) + 32)
 
 
+def test_a_marker_on_most_of_the_sample_is_not_painted_back_into_the_hole():
+    """43 of 48 films carry a bright corner block: their median carries it too, so the
+    reference is taken from the films without a marker, and the filled corner is dark."""
+    rng = np.random.default_rng(0)
+    films = rng.uniform(0.2, 0.4, (48, 32, 32, 1)).astype(np.float32)
+    marked = np.arange(48) >= cf.MIN_IMAGES
+    films[marked, :6, :6] = 1.0
+    assert cf.reference_film(films)[:6, :6].min() == 1.0  # the trap: the median has it
+    reference = cf.reference_film(films, ~marked)
+    hidden = np.zeros((32, 32), bool)
+    hidden[:10, :10] = True
+    filled = cf.neutral_fill(films[-1:], hidden, reference)
+    assert filled[0, :6, :6].max() < 0.6
+    # Too few unmarked films for a median of their own: all films are used.
+    np.testing.assert_array_equal(cf.reference_film(films, np.arange(48) < 2),
+                                  cf.reference_film(films))
+
+
 # --- regions --------------------------------------------------------------------------------
 
 

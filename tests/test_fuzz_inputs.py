@@ -431,3 +431,36 @@ def test_a_run_over_a_folder_mixing_every_hazard_finishes_and_accounts_for_every
         for column in ("image_id", "source", "true_label", "predicted_label", "flags"):
             assert not row[column].startswith(("=", "+", "-", "@")), (column, row[column])
     assert set(audit.predictions["true_label"]) <= set(ODD_CLASSES)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_data_folder_named_by_a_relative_path_is_contained_alike(tmp_path, monkeypatch,
+                                                                     layout):
+    """`--data data` from the folder above it: paths built from a relative root are checked
+    as `open` would resolve them, with and without --follow-symlinks."""
+    case = LAYOUTS[layout](tmp_path, 5)
+    monkeypatch.chdir(tmp_path)
+    for follow in (False, True):
+        with reads_under(case.outside) as opened:
+            source = open_source(f"{layout}:data", CLASSES, "all", follow_symlinks=follow)
+            load_every_record(source)
+        if follow:  # links may be followed; a path spelled out of the folder never is
+            opened = [path for path in opened if "secret_dir" not in path
+                      and not path.endswith(("secret.png", "huge.png"))] if layout == "folder" \
+                else opened
+        assert opened == [], (follow, opened)
+
+
+def test_an_index_path_out_of_a_relative_data_folder_is_refused_even_when_following_links(
+        tmp_path, monkeypatch):
+    from report.data.containment import DataFolder
+
+    (tmp_path / "d" / "x").mkdir(parents=True)
+    write_image(tmp_path / "secret.png", film(1))
+    monkeypatch.chdir(tmp_path)
+    for follow in (False, True):
+        folder = DataFolder(Path("d"), follow_symlinks=follow)
+        for escape_path in ("d/../secret.png", "d/x/../../secret.png", "d/../d2/x.png"):
+            assert folder.refusal(escape_path).startswith("outside the data folder"), (
+                follow, escape_path)
+        assert folder.refusal("d/x/film.png") in (None, "missing file")

@@ -351,3 +351,34 @@ def test_escaped_text_still_reads_as_the_original():
     shown = MarkdownIt("commonmark").render(sinks._markdown_text("one\ntwo"))
     assert shown == "<p>one\\ntwo</p>\n"
 
+
+
+def test_a_signal_during_the_sample_checks_drops_the_checks_still_queued(monkeypatch):
+    """SIGTERM reaches the main thread (it draws figures while the sample checks run in a
+    worker): the checks still queued must not run first, since a scheduler kills a process
+    that lingers."""
+    import report
+    from report import checks, findings
+    from report.lifecycle import Terminated
+    from tests.conftest import synthetic_films, tiny_classifier
+
+    ran = []
+
+    def slow_effect(self, engine, batch_size):
+        time.sleep(1.0)  # the main thread is stopped while this check runs
+        return None, []
+
+    def sanity(self, engine):
+        ran.append("sanity")
+
+    def signal_arrives(*arguments):
+        raise Terminated(signal.SIGTERM)
+
+    monkeypatch.setattr(checks.QualityAccumulator, "check_shortcut_effect", slow_effect)
+    monkeypatch.setattr(checks.QualityAccumulator, "check_sanity", sanity)
+    monkeypatch.setattr(findings, "classification_figures", signal_arrives)
+    with pytest.raises(Terminated):
+        report.audit(tiny_classifier(32, "tiny_signal"), synthetic_films(8, 32),
+                     class_names=["COVID-19", "NORMAL", "OTHER_INFECTION"], quality="fast",
+                     output_dir=None)
+    assert ran == []

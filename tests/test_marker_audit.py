@@ -175,3 +175,25 @@ def test_the_cheap_early_exits_change_no_detection(size, monkeypatch):
     assert sum(d.found for d in fast) > 20  # the confounded films' markers
     the_whole_rule(monkeypatch)
     assert audit.detect_batch(films) == fast
+
+
+@pytest.mark.slow
+def test_train_says_before_any_model_exists_that_markers_tell_the_classes_apart(tmp_path):
+    """`train` audits its training films: on synthetic-confounded (a tag on most COVID-19
+    films) it warns on stderr and logs markers.* with the training run; on clean films it
+    logs the counts and says nothing."""
+    import mlflow
+
+    from tests.conftest import cli_env, run_cli
+
+    env = cli_env(tmp_path)
+    confounded = run_cli(["train", "--data", "synthetic-confounded:60", "--epochs", "1",
+                          "--image-size", "128", "--model-name", "marked"], env, tmp_path)
+    clean = run_cli(["train", "--data", "synthetic:60", "--epochs", "1", "--image-size", "64",
+                     "--model-name", "clean"], env, tmp_path)
+    assert "burned-in markers are far more common in one class: COVID-19" in confounded.stderr
+    assert "burned-in markers" not in clean.stderr
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    runs = mlflow.search_runs(experiment_names=["tests"], order_by=["start_time ASC"])
+    assert runs["metrics.markers.warned_classes"].tolist() == [1.0, 0.0]
+    assert runs["metrics.markers.prevalence.COVID-19"].iloc[0] > 0.5

@@ -14,6 +14,7 @@ import pytest
 from report import api, checks, core, options, render, streaming
 from report.artifacts import ArtifactWriter
 from report.cam.engine import make_engine
+from report.checks import sample_rank
 from report.streaming import Collected, Explainer, Summary
 from tests.conftest import synthetic_films, tiny_classifier
 
@@ -140,7 +141,8 @@ def test_merged_parts_have_the_same_fingerprint_sample_and_mean_maps(outcomes, n
     assert merged.audit.params["data_fingerprint"] == single.audit.params["data_fingerprint"]
     assert merged.summary.explained == single.summary.explained
     plan = single.summary.quality.plan
-    assert single.summary.quality.sample_positions == list(range(plan.faithfulness_images))
+    assert single.summary.quality.sample_positions == sorted(
+        range(N_IMAGES), key=sample_rank)[: plan.faithfulness_images]
     assert merged.summary.quality.sample_positions == single.summary.quality.sample_positions
     np.testing.assert_array_equal(merged.results.faithfulness.labels,
                                   single.results.faithfulness.labels)
@@ -222,7 +224,8 @@ def test_collected_merge_is_associative_and_independent_of_order(monkeypatch):
 def test_merged_parts_keep_the_same_counterfactual_sample_result_and_marker_counts(
         setup, outcomes, name):
     single, merged = outcomes["single"], outcomes[name]
-    assert single.summary.quality.counterfactual_positions == list(range(COUNTERFACTUAL_IMAGES))
+    assert single.summary.quality.counterfactual_positions == sorted(
+        range(N_IMAGES), key=sample_rank)[:COUNTERFACTUAL_IMAGES]
     assert (merged.summary.quality.counterfactual_positions
             == single.summary.quality.counterfactual_positions)
     assert single.results.markers.films == N_IMAGES

@@ -50,7 +50,9 @@ class DataFolder:
         path = os.fspath(path)
         if "\0" in path:
             return f"{OUTSIDE}: the path has a NUL byte"
-        spelled = os.path.normpath(os.path.join(os.path.abspath(self.root), path))
+        # Paths are built from the root as the user spelled it (relative or not), so they are
+        # made absolute from the working directory, as `open` would, never joined to the root.
+        spelled = os.path.normpath(os.path.abspath(path))
         if not is_inside(spelled, os.path.abspath(self.root)):
             return f"{OUTSIDE}: {printable(path)}"
         if not self.follow_symlinks and not is_inside(os.path.realpath(path), self.real):
