@@ -592,17 +592,18 @@ def _shortcut_reading(results: QualityResults, random_border: float) -> str:
         "model does when the suspect region is gone.")
     if results.counterfactual:
         reading += " " + _(
-            "On the first %(count)s sample films, everything outside the lung fields is hidden, "
-            "and separately the border band (8%% of the image side). The hidden region is "
-            "filled from the film's own kept pixels and the sample's median film, never black: "
-            "no marker survives, and the film keeps its brightness. The control hides an equal "
-            "area inside the lungs (all of the lungs when they are smaller). A class is flagged "
-            "when hiding the region changes its predictions more often than hiding the "
-            "control, by more than %(threshold)s at the lower end of a 95%% paired bootstrap "
+            "On %(count)s sample films spread over the run, everything outside the lung "
+            "fields is hidden, and separately the border band (8%% of the image side). The "
+            "hidden region is filled from the film's own kept pixels and the median of the "
+            "sample's films without a marker, never black: no marker survives, and the film "
+            "keeps its brightness. The control hides an equal area inside the lungs (all of "
+            "the lungs when they are smaller). A class is flagged when hiding the region "
+            "changes its predictions more often than hiding the control, by more than "
+            "%(threshold)s percentage points at the lower end of a 95%% paired bootstrap "
             "interval; classes predicted for fewer than %(minimum)s sample films are judged "
             "by location alone.") % {
             "count": number(results.counterfactual.sample_images),
-            "threshold": percent(results.counterfactual.threshold, 0),
+            "threshold": number(round(100 * results.counterfactual.threshold)),
             "minimum": number(counterfactual.MIN_IMAGES)}
     return reading + " " + _(
         "As supporting evidence, the salient part of each heatmap (values at least half the "
