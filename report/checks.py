@@ -262,11 +262,11 @@ class QualityAccumulator:
         flags = self._score_shortcuts(positions, labels, images, maps, random)
         self._score_localisation(positions, labels, predicted, images, maps, random)
         self._add_to_means(labels, predicted, maps)
-        self._markers.add(positions, labels,
-                          marker_audit.detect_batch(image.pixels for image in images))
+        detections = marker_audit.detect_batch(image.pixels for image in images)
+        self._markers.add(positions, labels, detections)
         if self._keeps_sample:
             self.keep_sample(positions, labels, predicted, model_inputs, maps, images,
-                             probabilities=explanation.probabilities)
+                             probabilities=explanation.probabilities, detections=detections)
         return flags
 
     def _positions_for(self, count: int, positions) -> list[int]:
@@ -331,18 +331,21 @@ class QualityAccumulator:
                 self._counts[kind][index] += int(chosen.sum())
 
     def keep_sample(self, positions, labels, predicted, model_inputs, maps, images=None,
-                    probabilities=None) -> None:
+                    probabilities=None, detections=None) -> None:
         """Keep the plan's N images (`QualityPlan.sample_images`) of smallest `sample_rank`,
         whatever order they come in, with their masks (`images`: the decoded
         images, when there are any to keep) and the model's `probabilities` (the
-        counterfactual test then needs no pass over the originals). Copies, so that a kept
-        image does not hold its whole batch in memory."""
+        counterfactual test then needs no pass over the originals). `detections`: the
+        marker audit's, when `add_batch` already has them; else the kept images are searched.
+        Copies, so that a kept image does not hold its whole batch in memory."""
+        if detections is None and images is not None:
+            detections = [marker_audit.detect(image.pixels) for image in images]
         entering = [
             _SampleImage(position, np.array(model_inputs[i]), np.array(maps[i]),
                          int(predicted[i]), -1 if labels[i] is None else labels[i],
                          *(_masks_of(images[i]) if images is not None else (None, None)),
                          None if probabilities is None else np.array(probabilities[i]),
-                         images is not None and marker_audit.detect(images[i].pixels).found)
+                         detections is not None and detections[i].found)
             for i, position in enumerate(positions) if self._may_enter_sample(position)
         ]
         self._sample = _first_by_rank(self._sample + entering, self.plan.sample_images)
@@ -617,8 +620,8 @@ def shortcut_verdicts(results: QualityResults) -> list[ShortcutVerdict]:
 
 
 def flagged_classes(results: QualityResults) -> list[tuple[str, float, float]]:
-    """(class, mean border share, mean outside-lung share) of each flagged class: the shape
-    findings.flagged_classes had, with the verdict now from `shortcut_verdicts`."""
+    """(class, mean border share, mean outside-lung share) of each class flagged by
+    `shortcut_verdicts`: what the report, the metrics and `Audit.shortcut_classes` read."""
     return [(v.class_name, v.border, v.outside_lungs)
             for v in shortcut_verdicts(results) if v.flagged]
 

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from report import findings, i18n, measures, options
+from report import checks, findings, i18n, measures, options
 from report.artifacts import ArtifactWriter, metric_keys
 from report.cam.engine import make_engine
 from report.checks import QualityResults
@@ -252,7 +252,7 @@ def measure(loaded, source, values, engine, streamed, skipped, data_label,
         figures=[*classification_figures, *(f for s in sections for f in s.figures)],
         artifacts_dir=artifacts_dir,
         context=context,
-        shortcut_classes=[name for name, _, _ in findings.flagged_classes(results)],
+        shortcut_classes=[name for name, _, _ in checks.flagged_classes(results)],
     ), results
 
 

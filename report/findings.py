@@ -101,11 +101,11 @@ def explanation_metrics(results: QualityResults) -> dict[str, float]:
             metrics[f"shortcut.{name}"] = float(np.nanmean(short.array(key)))
             metrics[f"shortcut.{name}_random"] = float(np.nanmean(short.array("random " + key)))
             shown = shown_classes(results)
-            for index, class_mean in _per_class(short, key).items():
+            for index, class_mean in checks.class_location(results, key).items():
                 if index in shown:
                     metrics[f"shortcut.{name}.{results.class_names[index]}"] = class_mean
     if len(short.array("border")):
-        metrics["shortcut.flagged_classes"] = float(len(flagged_classes(results)))
+        metrics["shortcut.flagged_classes"] = float(len(checks.flagged_classes(results)))
     faith = results.faithfulness
     if faith:
         for curve in ("deletion", "insertion"):
@@ -131,21 +131,6 @@ def explanation_metrics(results: QualityResults) -> dict[str, float]:
         for step, correlation in enumerate(results.sanity.correlations, start=1):
             metrics[f"sanity.spearman.stage_{step}"] = float(np.nanmean(correlation))
     return metrics
-
-
-def flagged_classes(results: QualityResults) -> list[tuple[str, float, float]]:
-    """(class, mean border share, mean outside-lung share) for each class flagged as reading a
-    shortcut: by the counterfactual test where it ran on enough films, else by location."""
-    return checks.flagged_classes(results)
-
-
-def _per_class(scores, key: str) -> dict[int, float]:
-    labels = np.asarray(scores.labels)
-    values = scores.array(key)
-    return {
-        int(c): float(np.nanmean(values[labels == c]))
-        for c in np.unique(labels) if c >= 0 and np.isfinite(values[labels == c]).any()
-    }
 
 
 def _mean_auc(curves: np.ndarray) -> float:
@@ -567,7 +552,7 @@ def _shortcut_section(results: QualityResults, n_flagged: int) -> Section | None
         return None
     verdicts = {verdict.index: verdict for verdict in checks.shortcut_verdicts(results)}
     random_border = np.nanmean(short.array("random border"))
-    tables = [_effect_table(results, verdicts)] if results.counterfactual else []
+    tables = [_effect_table(results)] if results.counterfactual else []
     tables.append(_location_table(results, verdicts))
     if results.markers and results.markers.films:
         tables.append(_marker_table(results))
@@ -621,7 +606,7 @@ def _shortcut_reading(results: QualityResults, random_border: float) -> str:
         "lung_fields": _(results.lung_source)}
 
 
-def _effect_table(results: QualityResults, verdicts: dict[int, ShortcutVerdict]) -> Table:
+def _effect_table(results: QualityResults) -> Table:
     """What happens when everything outside the lungs (or the border) is hidden, per class
     predicted on the sample: at most MAX_CLASSES_SHOWN classes, those with the most films."""
     # Flagged classes first, then those with the most films: what a reviewer must see first.
@@ -661,12 +646,13 @@ def _signed_points(share: float) -> str:
 
 def _location_table(results: QualityResults, verdicts: dict[int, ShortcutVerdict]) -> Table:
     short = results.shortcut
-    border, outside = _per_class(short, "border"), _per_class(short, "outside_lungs")
+    border = checks.class_location(results, "border")
+    outside = checks.class_location(results, "outside_lungs")
     selection = shown_classes(results)
     left_out = [c for c in sorted(border) if c not in selection]
 
     def past(c: int) -> bool:
-        return border[c] > BORDER_FLAG or outside.get(c, 0) > OUTSIDE_LUNGS_FLAG
+        return verdicts[c].past_location_thresholds
 
     rows = [[results.class_names[c], decimal(border[c], 2),
              decimal(outside.get(c, float("nan")), 2), _("yes") if past(c) else _("no")]

@@ -92,8 +92,9 @@ def train(values: dict) -> TrainResult:
     x_test, y_test = _load_split(settings.data, metadata, "test")
     # Before any model exists: a data set whose markers tell the classes apart is said so.
     markers = marker_audit.audit_films(x_train, y_train, metadata.class_names)
-    if marker_audit.warning(markers):
-        print(marker_audit.warning(markers), file=sys.stderr)
+    warning = marker_audit.warning(markers)
+    if warning:
+        print(warning, file=sys.stderr)
     keras.utils.set_random_seed(settings.seed)
     model = build_classifier(
         settings.backbone, len(metadata.class_names), metadata.image_size, weights=settings.weights
